@@ -1,0 +1,59 @@
+"""Parameters and multiply-accumulates, counted the way the papers count them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitlab.layers.attention import explicit_attention
+from vitlab.registry import get_entry
+
+
+def count_params(model: nn.Module) -> int:
+    """Unique parameters (a shared module counts once), frozen ones included, as the papers count."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
+    """Multiply-accumulates of one forward pass on a single image of `input_size`.
+
+    Papers call these "FLOPs". Attention runs through explicit matmuls while counting, so the
+    q k^T and attention x v products are included (FLOP counters cannot see inside the fused
+    kernel). Matmuls and convolutions are counted; norms, softmax and activations are not.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), explicit_attention(), counter:
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def model_info(name: str, **overrides: Any) -> dict[str, Any]:
+    """What a named variant is: parameters, GMACs at its default input size, reference, input size.
+
+    The model is built on the meta device, so no memory is allocated for its weights.
+    """
+    entry = get_entry(name)
+    config = {**entry.config, **overrides}
+    with torch.device("meta"):
+        model = entry.builder(**config)
+    input_size = tuple(entry.input_size)
+    if "img_size" in overrides:
+        size = overrides["img_size"]
+        input_size = (input_size[0], *((size, size) if isinstance(size, int) else size))
+    return {
+        "name": name,
+        "params": count_params(model),
+        "gmacs": count_macs(model, input_size) / 1e9,
+        "input_size": input_size,
+        "reference": entry.reference,
+        "paper": dict(entry.paper),
+    }

@@ -1,0 +1,208 @@
+"""Attention: one core `attend()` and the multi-head self-attention built on it.
+
+Every attention variant in vitlab (global, windowed, striped, axial, spatial-reduction, ...)
+groups its tokens into a batch of independent sequences and calls `attend()` once. `attend()`
+runs the fused `F.scaled_dot_product_attention`; the attention probabilities are only
+materialised while an `AttentionLayer` is being recorded by `capture_attention`, and even then the
+output still comes from the fused kernel, so recording never changes what a model computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+_explicit = False
+
+
+@contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Compute attention with plain matmuls instead of the fused kernel.
+
+    Used to count multiply-accumulates (FLOP counters cannot see inside the fused kernel on CPU)
+    and to export to formats that lack the fused operator.
+    """
+    global _explicit
+    previous, _explicit = _explicit, True
+    try:
+        yield
+    finally:
+        _explicit = previous
+
+
+def attention_logits(
+    q: Tensor, k: Tensor, bias: Tensor | None = None, scale: float | None = None, score_fn: ScoreFn | None = None
+) -> Tensor:
+    """The pre-softmax scores `q k^T * scale + bias` (or `score_fn(q, k) + bias`)."""
+    if score_fn is not None:
+        logits = score_fn(q, k)
+    else:
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is None:
+        return logits
+    if bias.dtype == torch.bool:
+        return logits.masked_fill(~bias, float("-inf"))
+    return logits + bias
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    score_fn: ScoreFn | None = None,
+    store: list[Tensor] | None = None,
+) -> Tensor:
+    """Scaled dot-product attention, `softmax(q k^T * scale + bias) v` (Vaswani et al., eq. 1).
+
+    Shapes: q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv) -> (..., Nq, dv).
+    `bias` is an additive float bias (relative positions, -100 for shifted-window masks) or a bool
+    mask in which True means "may attend", broadcastable to (..., Nq, Nk). `scale` defaults to d^-1/2.
+    `score_fn(q, k)` replaces the dot product (additive attention); it runs without the fused kernel.
+    `store`, when given, receives the probabilities (detached) for analysis.
+    """
+    if bias is not None and bias.dtype != torch.bool and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)
+    if score_fn is not None or _explicit:
+        probs = attention_logits(q, k, bias, scale, score_fn).softmax(dim=-1)
+        if store is not None:
+            store.append(probs.detach())
+        if dropout_p > 0:
+            probs = F.dropout(probs, dropout_p)
+        return probs @ v
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    if store is not None:
+        with torch.no_grad():
+            store.append(attention_logits(q, k, bias, scale).softmax(dim=-1))
+    return out
+
+
+class AttentionLayer(nn.Module):
+    """Base of every module that calls `attend()`; `capture_attention` finds them by this type.
+
+    Subclasses pass `store=self.attention_store` to `attend()`.
+    """
+
+    attention_store: list[Tensor] | None = None
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+    """Record the attention probabilities of every attention layer of `model`.
+
+    Yields a dict from module name to the list of probability tensors the module produced, one
+    per call, each of shape (batch * groups, heads, queries, keys) with rows summing to 1. Windowed
+    models report per-window probabilities. The model's outputs are unchanged.
+
+        with vitlab.capture_attention(model) as maps:
+            logits = model(images)
+        probs = maps["blocks.11.attn"][0]
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no attention layers to capture")
+    maps: dict[str, list[Tensor]] = {name: [] for name, _ in layers}
+    for name, module in layers:
+        module.attention_store = maps[name]
+    try:
+        yield maps
+    finally:
+        for _, module in layers:
+            module.attention_store = None
+
+
+class CosineScores(nn.Module):
+    """Cosine similarity with a learnable per-head temperature (Swin v2, Liu et al. 2022, eq. 2).
+
+    Folds the temperature into q so that the fused kernel still runs: returns (q', k') with
+    q' = exp(tau) * q/|q| and k' = k/|k|, to be attended with scale 1.
+    """
+
+    max_logit_scale = math.log(100.0)
+
+    def __init__(self, num_heads: int, init_temperature: float = 10.0):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(init_temperature)))
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        temperature = self.logit_scale.clamp(max=self.max_logit_scale).exp()
+        return F.normalize(q, dim=-1) * temperature, F.normalize(k, dim=-1)
+
+
+class AdditiveScores(nn.Module):
+    """Additive (MLP) scoring, `w_h^T tanh(q_i + k_j)` per head (Bahdanau et al. 2015).
+
+    q and k are already the projections W_q x_i and W_k x_j, so only the scoring vector w is new.
+    Materialises a (..., Nq, Nk, d) tensor: meant for study and small inputs.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_heads, head_dim) * head_dim**-0.5)
+
+    def forward(self, q: Tensor, k: Tensor) -> Tensor:
+        hidden = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))
+        return torch.einsum("bhqkd,hd->bhqk", hidden, self.weight)
+
+
+SIMILARITIES = ("dot", "cosine", "additive")
+
+
+class MultiHeadAttention(AttentionLayer):
+    """Multi-head self-attention over a token sequence (Vaswani et al. 2017, section 3.2.2).
+
+    Parameter names follow timm (`qkv` fused in q, k, v order, then `proj`), so ViT and DeiT
+    checkpoints load directly. `similarity` picks how queries meet keys: "dot" (scaled dot
+    product), "cosine" (learnable temperature) or "additive".
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        similarity: str = "dot",
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.similarity = similarity
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if similarity == "cosine":
+            self.scores = CosineScores(num_heads)
+        elif similarity == "additive":
+            self.scores = AdditiveScores(num_heads, self.head_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scale, score_fn = None, None
+        if self.similarity == "cosine":
+            q, k = self.scores(q, k)
+            scale = 1.0
+        elif self.similarity == "additive":
+            score_fn = self.scores
+        dropout_p = self.attn_drop if self.training else 0.0
+        x = attend(q, k, v, scale=scale, score_fn=score_fn, dropout_p=dropout_p, store=self.attention_store)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+import vitlab
+
+# Parameter counts of timm's implementation (references/backbones.md), in millions to 2 decimals.
+PARAMS = {
+    "vit_tiny_patch16_224": 5.72,
+    "vit_small_patch16_224": 22.05,
+    "vit_base_patch16_224": 86.57,
+    "deit_tiny_distilled_patch16_224": 5.91,
+    "deit_small_distilled_patch16_224": 22.44,
+    "deit_base_distilled_patch16_224": 87.34,
+}
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_parameter_counts_match_the_references(name):
+    assert round(vitlab.model_info(name)["params"] / 1e6, 2) == PARAMS[name]
+
+
+def test_macs_are_counted_with_attention():
+    info = vitlab.model_info("deit_tiny_patch16_224")
+    assert round(info["gmacs"], 3) == 1.254  # timm with unfused attention counts 1.254 (references)
+    assert round(vitlab.model_info("deit_tiny_distilled_patch16_224")["gmacs"], 3) == 1.261
+
+
+def small(name="vit_small_patch16_224", **kwargs):
+    config = dict(embed_dim=48, depth=2, num_heads=3, num_classes=7)
+    config.update(kwargs)
+    return vitlab.create_model(name, **config).eval()
+
+
+@pytest.mark.parametrize("size", [(224, 224), (384, 384), (160, 256), (100, 150), (17, 33)])
+def test_any_input_size(size):
+    model = small()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, *size)).shape == (2, 7)
+
+
+def test_multiple_of_patch_sizes_match_an_explicitly_padded_input():
+    model = small()
+    x = torch.randn(1, 3, 200, 180)
+    padded = torch.nn.functional.pad(x, (0, 12, 0, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(padded))
+
+
+def test_position_table_resized_only_when_the_grid_changes():
+    model = small()
+    x = torch.randn(1, 3, 224, 224)
+    tokens, grid = model.embed(x)
+    assert grid == (14, 14) and tokens.shape == (1, 197, 48)
+    tokens, grid = model.embed(torch.randn(1, 3, 96, 320))
+    assert grid == (6, 20) and tokens.shape == (1, 121, 48)
+
+
+def test_distilled_returns_both_heads_in_training_and_their_mean_in_eval():
+    model = small("deit_small_distilled_patch16_224")
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    torch.manual_seed(0)
+    cls_logits, dist_logits = model(x)
+    assert cls_logits.shape == dist_logits.shape == (2, 7)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), (cls_logits + dist_logits).detach() / 2)
+
+
+def test_global_average_pooling_uses_fc_norm():
+    model = small(global_pool="avg")
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    with pytest.raises(ValueError, match="global_pool"):
+        small(global_pool="max")
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit_small_distilled_patch16_224"])
+def test_features_only_gives_nchw_maps(name):
+    extractor = vitlab.create_model(name, features_only=True, embed_dim=48, depth=8, num_heads=3)
+    assert extractor.out_indices == (1, 3, 5, 7)
+    assert extractor.channels == [48] * 4 and extractor.reductions == [16] * 4
+    maps = extractor(torch.randn(2, 3, 96, 128))
+    assert [m.shape for m in maps] == [(2, 48, 6, 8)] * 4
+    chosen = vitlab.create_model(name, features_only=True, out_indices=(-1, 0), embed_dim=48, depth=8, num_heads=3)
+    assert chosen.out_indices == (7, 0)
+    assert [m.shape for m in chosen(torch.randn(1, 3, 64, 64))] == [(1, 48, 4, 4)] * 2
+    with pytest.raises(ValueError, match="out of range"):
+        vitlab.create_model(name, features_only=True, out_indices=(8,), embed_dim=48, depth=8, num_heads=3)
+
+
+def test_features_match_the_blocks_outputs():
+    model = small(depth=3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        (last,) = model.forward_intermediates(x, [2])
+        tokens, _ = model.embed(x)
+        tokens = model.blocks(tokens)
+    torch.testing.assert_close(last, tokens[:, 1:].transpose(1, 2).reshape(1, 48, 4, 4))
+
+
+def test_options_in_chans_drop_path_and_grad_checkpointing():
+    model = small(in_chans=1, drop_path_rate=0.1).train()
+    assert model.blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
+    x = torch.randn(2, 1, 32, 32)
+    torch.manual_seed(0)
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(0)
+    checkpointed = model(x)
+    torch.testing.assert_close(plain, checkpointed)
+    checkpointed.sum().backward()
+    assert model.patch_embed.proj.weight.grad is not None
+    with pytest.raises(ValueError, match=r"\(batch, 1, height, width\)"):
+        model(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "additive"])
+def test_other_similarities_build_a_working_vit(similarity):
+    model = small(similarity=similarity)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()
+
+
+def test_reset_classifier():
+    model = small("deit_small_distilled_patch16_224")
+    model.reset_classifier(3)
+    assert model.head.out_features == model.head_dist.out_features == 3
