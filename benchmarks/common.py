@@ -1,0 +1,69 @@
+"""Timing helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def median_seconds(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inference_throughput(
+    model: torch.nn.Module, batch: torch.Tensor, bf16: bool = False, warmup: int = 3, repeats: int = 10
+) -> float:
+    """Images per second of `model(batch)` in eval mode under inference_mode (and bf16 autocast)."""
+    model.eval()
+    autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def run() -> None:
+        with torch.inference_mode(), autocast:
+            model(batch)
+
+    return batch.shape[0] / median_seconds(run, warmup, repeats)
+
+
+def train_step_throughput(model: torch.nn.Module, batch: torch.Tensor, warmup: int = 2, repeats: int = 5) -> float:
+    """Images per second of forward + backward + SGD step on a cross-entropy loss."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    target = torch.zeros(batch.shape[0], dtype=torch.long)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(batch)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        optimizer.step()
+
+    return batch.shape[0] / median_seconds(step, warmup, repeats)
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    """A Markdown table, ready to paste into the README."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def load_timm():
+    """timm if installed, else None (the benchmarks then report vitlab alone)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
