@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Benchmarks compare against timm, which needs torchvision: a separate environment (about 6 GB).
+# Benchmarks and live parity run timm, which needs torchvision: a separate environment (about 6 GB).
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench test-live clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,16 @@ lint: $(STAMP)
 
 $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 timm
-	$(BENCH_PY) -m pip install -q -e .
+	$(BENCH_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 timm transformers
+	$(BENCH_PY) -m pip install -q -e '.[test]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/throughput.py
+
+# Full-size parity against the live reference packages (timm, transformers).
+test-live: $(BENCH_STAMP)
+	VITLAB_LIVE=1 $(BENCH_PY) -m pytest -q -s tests/live
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache
