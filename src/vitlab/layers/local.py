@@ -50,7 +50,7 @@ def _check_kernel(kernel_size: int) -> None:
 
 
 def neighbourhoods(x: Tensor, kernel_size: int) -> Tensor:
-    """(B, C, H, W) -> (B, H * W, k * k, C): the k x k window centred on each pixel.
+    """(B, C, H, W) -> (B, H * W, k * k, C), contiguous: the k x k window centred on each pixel.
 
     Pixels are in raster order and window positions too (row offset major, both offsets running
     from -(k-1)/2 to (k-1)/2). Positions outside the map are zeros; `neighbourhood_mask` tells
@@ -58,8 +58,11 @@ def neighbourhoods(x: Tensor, kernel_size: int) -> Tensor:
     """
     _check_kernel(kernel_size)
     B, C, H, W = x.shape
-    windows = F.unfold(x, kernel_size, padding=kernel_size // 2)  # (B, C * k * k, H * W)
-    return windows.view(B, C, kernel_size * kernel_size, H * W).permute(0, 3, 2, 1)
+    p = kernel_size // 2
+    # Channels last before gathering, so that each copied window position is one contiguous run of C.
+    x = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p)).contiguous()
+    windows = x.unfold(1, kernel_size, 1).unfold(2, kernel_size, 1)  # (B, H, W, C, k, k), a view
+    return windows.permute(0, 1, 2, 4, 5, 3).reshape(B, H * W, kernel_size * kernel_size, C)
 
 
 def neighbourhood_mask(height: int, width: int, kernel_size: int, device: torch.device | None = None) -> Tensor:

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers.attention import AttentionLayer
 from vitlab.layers.embed import to_2tuple
 from vitlab.layers.local import axial_sequences, merge_axial_sequences
+from vitlab.layers.resnet import ConvStemResNet
 from vitlab.registry import register_model
 
 
@@ -161,7 +161,7 @@ def _stem_size(size: int) -> int:
     return (size + 3) // 4
 
 
-class AxialResNet(nn.Module):
+class AxialResNet(ConvStemResNet):
     """Axial-ResNet: the conv-stem ResNet of section 4.1 with axial-attention bottlenecks.
 
     `s` scales the widths (S 0.5, M 0.75, L 1.0). `img_size` sets the span of every layer's
@@ -178,29 +178,16 @@ class AxialResNet(nn.Module):
         num_classes: int = 1000,
         zero_init_residual: bool = True,
     ):
-        super().__init__()
+        super().__init__(in_chans, int(64 * s), num_classes)
         if len(layers) != 4:
             raise ValueError(f"an Axial-ResNet has 4 stages, got layers={tuple(layers)}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         self.img_size = to_2tuple(img_size)
-        self.grad_checkpointing = False
         self.inplanes = int(64 * s)
-        self.conv1 = nn.Conv2d(in_chans, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         size = max(_stem_size(side) for side in self.img_size)
-        self.feature_info = []
         for i, depth in enumerate(layers):
-            stride = 1 if i == 0 else 2
-            stage, size = self._make_layer(int(128 * 2**i * s), depth, stride, groups, size)
+            stage, size = self._make_layer(int(128 * 2**i * s), depth, 1 if i == 0 else 2, groups, size)
             self.add_module(f"layer{i + 1}", stage)
-            self.feature_info.append(dict(num_chs=self.inplanes, reduction=4 * 2**i, module=f"layer{i + 1}"))
-        self.default_out_indices = (0, 1, 2, 3)
-        self.num_features = self.inplanes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._build_head([int(128 * 2**i * s) * AxialBlock.expansion for i in range(4)])
         self._init_weights(zero_init_residual)
 
     def _make_layer(self, planes: int, depth: int, stride: int, groups: int, size: int) -> tuple[nn.Sequential, int]:
@@ -216,8 +203,6 @@ class AxialResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Conv1d):  # qkv_transform keeps its own initialisation
-                continue
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -225,16 +210,6 @@ class AxialResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, AxialBlock):
                     nn.init.zeros_(m.bn2.weight)
-
-    # Contracts used by training and checkpoint loading.
-    classifier_keys = ("fc",)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fit the relative tables of a checkpoint made for another `img_size` to this model's spans.
@@ -253,39 +228,6 @@ class AxialResNet(nn.Module):
             elif key.endswith(".flatten_index"):
                 out[key] = target.clone()
         return out
-
-    # The forward pass, top-down.
-    def stem(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-    def run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
-        for block in stage:
-            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else block(x)
-        return x
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for i in range(4):
-            x = self.run_stage(getattr(self, f"layer{i + 1}"), x)
-        return x
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """The outputs of the stages in `indices` (strides 4, 8, 16, 32), NCHW."""
-        x = self.stem(x)
-        maps = {}
-        for i in range(max(indices) + 1):
-            x = self.run_stage(getattr(self, f"layer{i + 1}"), x)
-            maps[i] = x
-        return [maps[i] for i in indices]
 
 
 _REF = "Axial-DeepLab: Wang et al. 2020 (csrhddlam/axial-deeplab)"
