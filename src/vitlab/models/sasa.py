@@ -97,7 +97,7 @@ class LocalSelfAttention(AttentionLayer):
 
         q = self.query(x).permute(0, 2, 3, 1).contiguous().view(B * H * W, heads, 1, d)
         k = gather(self.key(x)) + self.relative_embeddings()
-        v = gather(self.value(x)).contiguous()
+        v = gather(self.value(x))
         mask = self.inside(H, W, x.device).view(1, H * W, 1, 1, window).expand(B, -1, -1, -1, -1)
         out = attend(q, k, v, bias=mask.reshape(B * H * W, 1, 1, window), scale=1.0, store=self.attention_store)
         out = out.reshape(B, H, W, heads * d).permute(0, 3, 1, 2)
@@ -110,7 +110,13 @@ class AttentionBottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, kernel_size: int = 7, num_heads: int = 8, downsample=False
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        downsample: bool = False,
     ):
         super().__init__()
         out = planes * self.expansion
