@@ -1,0 +1,183 @@
+"""Stand-Alone Self-Attention in vision models (Ramachandran et al. 2019, "SASA").
+
+Every spatial 3x3 convolution of a ResNet becomes *local* self-attention: each pixel attends to the
+k x k neighbourhood around it (section 3.1, eq. 2; k = 7, 8 heads), with relative position
+embeddings on the keys (eq. 3):
+
+    y_ij = sum_{a,b in N_k(i,j)} softmax_ab(q_ij . k_ab + q_ij . r_{a-i,b-j}) v_ab
+
+where r_{a-i,b-j} concatenates a row-offset embedding and a column-offset embedding. A stride-2
+layer is followed by 2x2 average pooling (section 4.1). The models are the paper's ResNet-26/38/50
+with a convolutional stem and attention everywhere else ("conv-stem + attention", Table 1).
+
+No official code was released, so the names are ours (torchvision's for the ResNet trunk). Choices
+the paper leaves open, made here: neighbours outside the image are left out of the softmax (not
+attended as zeros), so a border pixel attends over fewer positions; the row/column embeddings are
+split per head, so that every head sees both offsets (see `LocalSelfAttention`); odd sides pool to
+ceil(side / 2) like the strided 1x1 shortcut, the last row/column pooled on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vitlab.layers.attention import AttentionLayer, attend
+from vitlab.layers.local import neighbourhood_mask, neighbourhoods
+from vitlab.layers.resnet import ConvStemResNet
+from vitlab.registry import register_model
+
+
+class LocalSelfAttention(AttentionLayer):
+    """Multi-head self-attention over the k x k neighbourhood of each pixel (SASA eq. 2-3).
+
+    `query`, `key`, `value` are 1x1 projections (the paper's W_Q, W_K, W_V). `emb_row` and
+    `emb_col` hold the row- and column-offset embeddings, k offsets each, d_out/2 channels each.
+    The paper writes eq. 3 for one head; with N heads, head n uses its own slice of both tables
+    (d_out/2N channels of each) concatenated, i.e. its d_out/N-channel share of r_{a-i,b-j} with the
+    channels grouped by head. Logits are not scaled by 1/sqrt(d), as in eq. 3; instead the query
+    projection starts small enough for unit-variance logits.
+
+    Since q.k + q.r = q.(k + r), the neighbourhoods are attended with keys k + r in one `attend()`
+    call per layer, with a mask leaving out the neighbours that fall outside the map.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 7, num_heads: int = 8, stride: int = 1):
+        super().__init__()
+        if out_planes % (2 * num_heads):
+            raise ValueError(
+                f"out_planes {out_planes} must split into {num_heads} heads with an even number of channels each"
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a window centred on its pixel), got {kernel_size}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.kernel_size = kernel_size
+        self.num_heads = num_heads
+        self.head_dim = out_planes // num_heads
+        self.query = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+        self.key = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+        self.value = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+        self.emb_row = nn.Parameter(torch.empty(kernel_size, out_planes // 2))
+        self.emb_col = nn.Parameter(torch.empty(kernel_size, out_planes // 2))
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else None
+        self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        in_planes = self.query.in_channels
+        nn.init.normal_(self.query.weight, 0.0, (in_planes * self.head_dim) ** -0.5)
+        for proj in (self.key, self.value):
+            nn.init.normal_(proj.weight, 0.0, in_planes**-0.5)
+        for table in (self.emb_row, self.emb_col):
+            nn.init.normal_(table, 0.0, 1.0)
+
+    def relative_embeddings(self) -> Tensor:
+        """(heads, k * k, head_dim): r for every window position, row offset major."""
+        k, heads, half = self.kernel_size, self.num_heads, self.head_dim // 2
+        rows = self.emb_row.view(k, 1, heads, half).expand(k, k, heads, half)
+        cols = self.emb_col.view(1, k, heads, half).expand(k, k, heads, half)
+        return torch.cat([rows, cols], dim=-1).reshape(k * k, heads, self.head_dim).transpose(0, 1)
+
+    def inside(self, height: int, width: int, device: torch.device) -> Tensor:
+        """(H * W, k * k) bool mask of the window positions inside the map, cached per size."""
+        key = (height, width, device)
+        if key not in self._masks:
+            self._masks[key] = neighbourhood_mask(height, width, self.kernel_size, device)
+        return self._masks[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        heads, d, window = self.num_heads, self.head_dim, self.kernel_size**2
+
+        def gather(t: Tensor) -> Tensor:  # (B, C, H, W) -> (B * H * W, heads, k * k, d)
+            return neighbourhoods(t, self.kernel_size).view(B * H * W, window, heads, d).transpose(1, 2)
+
+        q = self.query(x).permute(0, 2, 3, 1).contiguous().view(B * H * W, heads, 1, d)
+        k = gather(self.key(x)) + self.relative_embeddings()
+        v = gather(self.value(x))
+        mask = self.inside(H, W, x.device).view(1, H * W, 1, 1, window).expand(B, -1, -1, -1, -1)
+        out = attend(q, k, v, bias=mask.reshape(B * H * W, 1, 1, window), scale=1.0, store=self.attention_store)
+        out = out.reshape(B, H, W, heads * d).permute(0, 3, 1, 2)
+        return self.pool(out) if self.pool is not None else out
+
+
+class AttentionBottleneck(nn.Module):
+    """ResNet bottleneck whose 3x3 convolution is local self-attention (stride: 2x2 average pool after)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        downsample: bool = False,
+    ):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.attn = LocalSelfAttention(planes, planes, kernel_size, num_heads, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)) if downsample else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.attn(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class SASAResNet(ConvStemResNet):
+    """A ResNet with local self-attention in place of every spatial convolution but the stem's."""
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        zero_init_residual: bool = True,
+    ):
+        super().__init__(in_chans, 64, num_classes)
+        if len(layers) != 4:
+            raise ValueError(f"a SASA ResNet has 4 stages, got layers={tuple(layers)}")
+        inplanes = 64
+        for i, depth in enumerate(layers):
+            planes, stride = 64 * 2**i, 1 if i == 0 else 2
+            out = planes * AttentionBottleneck.expansion
+            blocks = [AttentionBottleneck(inplanes, planes, stride, kernel_size, num_heads, downsample=True)]
+            blocks += [AttentionBottleneck(out, planes, 1, kernel_size, num_heads) for _ in range(1, depth)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            inplanes = out
+        self._build_head([64 * 2**i * AttentionBottleneck.expansion for i in range(4)])
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d) and ".attn." not in name:  # attention keeps its own initialisation
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each residual branch starts as zero: the block starts as identity
+            for m in self.modules():
+                if isinstance(m, AttentionBottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+
+
+_REF = "SASA: Ramachandran et al. 2019"
+for _depth, _layers, _top1 in [(26, (1, 2, 4, 1), 75.8), (38, (2, 3, 5, 2), 77.1), (50, (3, 4, 6, 3), 77.4)]:
+    register_model(f"sasa_resnet{_depth}", SASAResNet, dict(layers=_layers), _REF, paper=dict(top1=_top1))
