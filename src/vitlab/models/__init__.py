@@ -1,3 +1,3 @@
 """Model families; importing this package registers every named variant."""
 
-from vitlab.models import cswin, vit  # noqa: F401
+from vitlab.models import cswin, pale, vit  # noqa: F401
