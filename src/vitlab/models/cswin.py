@@ -286,6 +286,7 @@ class CSWinTransformer(nn.Module):
 
 
 _CSWIN = "CSWin: Dong et al. 2022 (microsoft/CSWin-Transformer)"
+# The release files named in the official README (the Large ones: ImageNet-22k pre-trained, fine-tuned on 1k).
 _RELEASE = "https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/{}.pth"
 # name: (embed_dim, depth, num_heads, split_size, official function name, release file, README top-1)
 _VARIANTS = {
@@ -305,5 +306,7 @@ for _name, (_dim, _depth, _heads, _split, _official, _top1) in _VARIANTS.items()
         f"{_CSWIN}, {_official}",
         input_size=(3, _img, _img),
         crop_pct=0.9 if _img == 224 else 1.0,
+        url=_RELEASE.format(_name),
+        pretrained_ema=True,
         paper=dict(top1=_top1),
     )
