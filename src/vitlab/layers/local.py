@@ -37,7 +37,7 @@ def _valid_map(size: tuple[int, int], padded: tuple[int, int], device: torch.dev
 
 
 # ---------------------------------------------------------------------------------------------
-# Cross-shaped window stripes (CSWin, Dong et al. 2022, section 3.1)
+# Cross-shaped window stripes (CSWin, Dong et al. 2022)
 # ---------------------------------------------------------------------------------------------
 # A stripe is a (sh, sw) rectangle: a vertical stripe spans the full height (sh = H, sw = stripe
 # width), a horizontal one the full width (sh = stripe width, sw = W). Stripes are ordered in
@@ -86,7 +86,7 @@ def stripe_key_mask(
 
 
 # ---------------------------------------------------------------------------------------------
-# Pale groups: interlaced rows and interlaced columns (Pale Transformer, Wu et al. 2022, section 3)
+# Pale groups: interlaced rows and interlaced columns (Pale Transformer, Wu et al. 2022)
 # ---------------------------------------------------------------------------------------------
 # A map of H rows split into N row groups of s rows each (H = N * s) puts row y into group
 # y mod N: every group holds s rows spaced N apart, spanning the whole height ("interlaced").

@@ -1,18 +1,20 @@
 """CSWin Transformer (Dong et al. 2022, "A General Vision Transformer Backbone with Cross-Shaped Windows").
 
-A four-stage hierarchy (strides 4/8/16/32) whose blocks attend within a *cross-shaped window*
-(section 3.1): the channels and heads of a block are split in half; one half attends within
-vertical stripes of width sw spanning the full height, the other within horizontal stripes of
-the same width spanning the full width, so every token sees the cross formed by its two stripes.
-The stripe widths grow with depth ([1, 2, 7, 7] at 224, [1, 2, 12, 12] at 384). In the last stage
-(and any stage whose map is as small as its stripes) a single branch with all heads attends over
-the whole map. Positions enter through LePE (section 3.2): a depthwise 3x3 convolution of V,
-applied inside each stripe (zero-padded at the stripe borders) and added to the attention output.
+A four-stage hierarchy (strides 4/8/16/32) whose blocks attend within a *cross-shaped window*:
+the channels and heads of a block are split in half; one half attends within vertical stripes of
+width sw spanning the full height, the other within horizontal stripes of the same width spanning
+the full width, so every token sees the cross formed by its two stripes. The stripe widths grow
+with depth ([1, 2, 7, 7] at 224, [1, 2, 12, 12] at 384). In the last stage (and any stage whose
+map is as small as its stripes) a single branch with all heads attends over the whole map.
+Positions enter through LePE (locally-enhanced positional encoding): a depthwise 3x3 convolution
+of V, applied inside each stripe (zero-padded at the stripe borders) and added to the attention
+output.
 A 7x7 stride-4 convolutional stem and 3x3 stride-2 convolutions between stages (each + LayerNorm)
 build the pyramid; the classifier reads the mean of the final, normalised tokens.
 
-The parameter layout is that of microsoft/CSWin-Transformer, so its checkpoints load as they are
-(they evaluate the EMA weights: `load_checkpoint(model, path, use_ema=True)`).
+The parameter layout is that of microsoft/CSWin-Transformer, so its checkpoints load as they are.
+They are training checkpoints evaluated with their EMA weights: `pretrained=True` downloads the
+release file and takes them; for a file at hand use `load_checkpoint(model, path, use_ema=True)`.
 
 Any input size works, where the official code is fixed to the size it was built for. A branch
 whose map does not divide into stripes zero-pads q, k and v on the bottom/right up to a whole
@@ -54,7 +56,7 @@ class ChannelsLast(nn.Module):
 
 
 class LePEStripeAttention(AttentionLayer):
-    """Multi-head attention within stripes of one orientation, plus LePE (section 3.1-3.2).
+    """Multi-head attention within stripes of one orientation, plus LePE.
 
     `orientation` is "vertical" (stripes of `stripe_width` columns, full height), "horizontal"
     (`stripe_width` rows, full width) or None (the whole map, the last stage). Takes the already
@@ -103,7 +105,7 @@ class LePEStripeAttention(AttentionLayer):
 
 
 class CSWinBlock(nn.Module):
-    """Cross-shaped window self-attention and an MLP, each pre-normed and residual (eq. 4)."""
+    """Cross-shaped window self-attention and an MLP, each pre-normed and residual."""
 
     def __init__(
         self,

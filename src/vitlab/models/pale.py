@@ -1,8 +1,8 @@
 """Pale Transformer (Wu et al. 2022, "A General Vision Transformer Backbone with Pale-Shaped Attention").
 
-Pale-shaped self-attention (PS-Attention, section 3.1) lets every token attend within a *pale*:
+Pale-shaped self-attention (PS-Attention) lets every token attend within a *pale*:
 s_r rows spread evenly over the height ("interlaced": rows N apart, N = H / s_r) together with
-s_c interlaced columns. Its parallel form (section 3.2), which this file implements, splits the
+s_c interlaced columns. Its "efficient parallel implementation", which this file implements, splits the
 channels in half: one half attends within groups of s_r interlaced rows, the other within groups
 of s_c interlaced columns, and the two outputs are concatenated and projected. A token's row
 group and column group together form its pale. Stacked in a four-stage pyramid like CSWin's, the
@@ -20,10 +20,10 @@ this is an implementation from the paper. What the text leaves open, and what wa
   along it), which is what the last stage (7x7 at 224, pale size 7) gets: full attention.
 - Projections: one linear layer makes q, k, v for all channels (with bias), split in half after
   the projection; each branch has half the heads; the branches' outputs are concatenated and
-  projected by a linear layer. (The paper's section 3.2 mentions separable convolutions "following
+  projected by a linear layer. (The paper's parallel implementation mentions separable convolutions "following
   CvT" for the projections; the text retrievable here did not say how a 3x3 depthwise convolution
-  would apply to groups of non-adjacent rows, so plain linear projections are used. They change
-  neither the parameter count nor the MACs beyond ~1%.)
+  would apply to groups of non-adjacent rows, so plain linear projections are used; depthwise
+  convolutions before them would add about 1% to the MACs and parameters.)
 - Head dimension 32 for Pale-T and Pale-B (heads 2/4/8/16 and 4/8/16/32) and 24 for Pale-S
   (heads 4/8/16/32, as CSWin-B at the same width): each branch needs an even head count.
 - Conditional position encoding: x + DWConv3x3(x) (with bias, zero padding) at the start of
@@ -64,7 +64,7 @@ from vitlab.registry import register_model
 
 
 class InterlacedAttention(AttentionLayer):
-    """Multi-head attention within groups of `group_size` interlaced rows (or columns) (section 3.2).
+    """Multi-head attention within groups of `group_size` interlaced rows (or columns).
 
     Takes the already projected q, k, v of its half of the channels as (B, H, W, dim) maps and
     returns (B, H, W, dim). All groups of the batch go through one `attend()` call.
@@ -103,7 +103,7 @@ class InterlacedAttention(AttentionLayer):
 
 
 class PaleShapedAttention(nn.Module):
-    """PS-Attention in its parallel form (section 3.2, eq. 2-4).
+    """PS-Attention in its parallel form.
 
     q, k, v for all channels, then the first half attends within interlaced row groups (`rows`),
     the second within interlaced column groups (`columns`); concatenated and projected.
@@ -137,7 +137,7 @@ class PaleShapedAttention(nn.Module):
 
 
 class PaleBlock(nn.Module):
-    """Conditional position encoding, then pre-norm PS-Attention and MLP residuals (section 3.3)."""
+    """Conditional position encoding, then pre-norm PS-Attention and MLP residuals."""
 
     def __init__(
         self,
