@@ -11,7 +11,7 @@ from vitlab.models.pale import PaleShapedAttention
 
 
 def naive_pale_attention(layer: PaleShapedAttention, x: torch.Tensor, pale_size: int) -> torch.Tensor:
-    """PS-Attention token by token (Wu et al. 2022, section 3).
+    """PS-Attention token by token (Wu et al. 2022).
 
     The rows of an H x W map form N_r = ceil(H / s_r) groups of interlaced rows, row y in group
     y mod N_r (columns likewise); a token's pale is its row group together with its column group.
@@ -22,22 +22,26 @@ def naive_pale_attention(layer: PaleShapedAttention, x: torch.Tensor, pale_size:
     half, heads = C // 2, layer.rows.num_heads
     q, k, v = layer.qkv(x).chunk(3, dim=-1)
     n_rows, n_cols = -(-H // pale_size), -(-W // pale_size)
-    out = torch.zeros(B, H, W, C)
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    # Flat indices of the tokens in each interlaced row group and each interlaced column group.
+    row_groups = [torch.nonzero((rows % n_rows == g).flatten())[:, 0] for g in range(n_rows)]
+    column_groups = [torch.nonzero((cols % n_cols == g).flatten())[:, 0] for g in range(n_cols)]
+    q, k, v = (t.reshape(B, H * W, C) for t in (q, k, v))
+    out = torch.zeros(B, H * W, C)
     for y in range(H):
         for x_ in range(W):
-            pale_rows = [(r, c) for r in range(H) if r % n_rows == y % n_rows for c in range(W)]
-            pale_cols = [(r, c) for c in range(W) if c % n_cols == x_ % n_cols for r in range(H)]
-            for members, channels, branch in (
-                (pale_rows, slice(0, half), layer.rows),
-                (pale_cols, slice(half, C), layer.columns),
-            ):
-                rows, cols = zip(*members, strict=True)
-                keys = k[:, rows, cols, channels].reshape(B, len(members), heads, -1)
-                values = v[:, rows, cols, channels].reshape(B, len(members), heads, -1)
-                query = q[:, y, x_, channels].reshape(B, 1, heads, -1)
+            token = y * W + x_
+            pale = (
+                (row_groups[y % n_rows], slice(0, half), layer.rows),
+                (column_groups[x_ % n_cols], slice(half, C), layer.columns),
+            )
+            for members, channels, branch in pale:
+                keys = k[:, members, channels].reshape(B, -1, heads, half // heads)
+                values = v[:, members, channels].reshape(B, -1, heads, half // heads)
+                query = q[:, token, channels].reshape(B, 1, heads, half // heads)
                 weights = torch.einsum("bqhd,bkhd->bhqk", query, keys).mul(branch.scale).softmax(-1)
-                out[:, y, x_, channels] = torch.einsum("bhqk,bkhd->bqhd", weights, values).reshape(B, half)
-    return layer.proj(out)
+                out[:, token, channels] = torch.einsum("bhqk,bkhd->bqhd", weights, values).reshape(B, half)
+    return layer.proj(out.view(B, H, W, C))
 
 
 @pytest.mark.parametrize(("size", "pale_size"), [((14, 14), 7), ((10, 13), 4), ((5, 3), 7), ((8, 6), 2)])
