@@ -208,3 +208,11 @@ def test_pretrained_downloads_the_release_file_and_takes_its_ema_weights(tmp_pat
     )
     assert (tmp_path / "cache" / "cswin_tiny_224.pth").is_file()
     torch.testing.assert_close(model.head.bias, published.head.bias + 1)
+
+
+def test_a_224_checkpoint_loads_into_the_384_configuration():
+    trained = small(img_size=224, split_size=(1, 2, 7, 7))
+    model = small(img_size=384, split_size=(1, 2, 12, 12))
+    vitlab.checkpoint.load_state_dict(model, trained.state_dict())  # strict: every key and shape fits
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 384)).shape == (1, 5)
