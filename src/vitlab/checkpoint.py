@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 import zipfile
@@ -294,10 +295,12 @@ def cache_dir() -> Path:
 def resolve_pretrained(entry: Any) -> Path:
     """The local path of a variant's published checkpoint, downloading it into the cache if needed.
 
-    The cache is `$VITLAB_CACHE` (default `~/.cache/vitlab`). `$VITLAB_HUB_ENDPOINT` replaces
+    The file keeps the format of the URL (.safetensors unless it names a .pth/.pt/.bin/.ckpt/.tar
+    or .npz file). The cache is `$VITLAB_CACHE` (default `~/.cache/vitlab`). `$VITLAB_HUB_ENDPOINT` replaces
     `https://huggingface.co` (for mirrors); `VITLAB_OFFLINE=1` never touches the network.
     """
-    path = cache_dir() / f"{entry.name}.safetensors"
+    suffix = Path(urllib.parse.urlparse(entry.url or "").path).suffix.lower()
+    path = cache_dir() / f"{entry.name}{suffix if suffix in (*TORCH_SUFFIXES, '.npz') else '.safetensors'}"
     if path.is_file():
         return path
     if entry.url is None:

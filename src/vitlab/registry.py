@@ -32,6 +32,7 @@ class ModelEntry:
     interpolation: str = "bicubic"
     url: str | None = None
     paper: dict[str, float] = field(default_factory=dict)
+    pretrained_ema: bool = False  # the published file is a training checkpoint: use its EMA weights
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -94,7 +95,7 @@ def create_model(
         from vitlab.checkpoint import load_checkpoint, resolve_pretrained
 
         path = resolve_pretrained(entry) if pretrained is True else Path(pretrained)
-        load_checkpoint(model, path, reset_head="auto")
+        load_checkpoint(model, path, reset_head="auto", use_ema=entry.pretrained_ema and pretrained is True)
     if features_only:
         from vitlab.features import FeatureExtractor
 

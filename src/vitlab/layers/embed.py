@@ -47,3 +47,19 @@ class PatchEmbed(nn.Module):
         x = self.proj(pad_to_multiple(x, self.patch_size))
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
+
+
+class ConvEmbed(nn.Module):
+    """A strided convolution followed by LayerNorm over channels: NCHW in, channels-last (B, H, W, C) out.
+
+    The convolutional stem and the downsampling (merging) layers of CSWin and Pale: overlapping
+    kernels (7x7 stride 4 padding 2 for the stem, 3x3 stride 2 padding 1 between stages).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, stride: int, padding: int, eps: float = 1e-5):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding)
+        self.norm = nn.LayerNorm(out_chans, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))

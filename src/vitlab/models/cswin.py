@@ -1,0 +1,314 @@
+"""CSWin Transformer (Dong et al. 2022, "A General Vision Transformer Backbone with Cross-Shaped Windows").
+
+A four-stage hierarchy (strides 4/8/16/32) whose blocks attend within a *cross-shaped window*:
+the channels and heads of a block are split in half; one half attends within vertical stripes of
+width sw spanning the full height, the other within horizontal stripes of the same width spanning
+the full width, so every token sees the cross formed by its two stripes. The stripe widths grow
+with depth ([1, 2, 7, 7] at 224, [1, 2, 12, 12] at 384). In the last stage (and any stage whose
+map is as small as its stripes) a single branch with all heads attends over the whole map.
+Positions enter through LePE (locally-enhanced positional encoding): a depthwise 3x3 convolution
+of V, applied inside each stripe (zero-padded at the stripe borders) and added to the attention
+output.
+A 7x7 stride-4 convolutional stem and 3x3 stride-2 convolutions between stages (each + LayerNorm)
+build the pyramid; the classifier reads the mean of the final, normalised tokens.
+
+The parameter layout is that of microsoft/CSWin-Transformer, so its checkpoints load as they are.
+They are training checkpoints evaluated with their EMA weights: `pretrained=True` downloads the
+release file and takes them; for a file at hand use `load_checkpoint(model, path, use_ema=True)`.
+
+Any input size works, where the official code is fixed to the size it was built for. A branch
+whose map does not divide into stripes zero-pads q, k and v on the bottom/right up to a whole
+number of stripes; the padded keys are masked out of the softmax (the mask is cached per size),
+LePE sees zeros beyond the map edge exactly as it does at every stripe border, and the padded
+outputs are cropped. The result is therefore *exactly* attention with a narrower last stripe: the
+padding never changes a real token's output. For maps that are multiples of the stripe width
+nothing is padded and the computation is the official one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vitlab.layers import DropPath, Mlp, drop_path_rates
+from vitlab.layers.attention import AttentionLayer, attend
+from vitlab.layers.embed import ConvEmbed, to_2tuple
+from vitlab.layers.local import (
+    batch_mask,
+    image_to_stripes,
+    pad_bottom_right,
+    stripe_key_mask,
+    stripe_layout,
+    stripes_to_image,
+)
+from vitlab.registry import register_model
+
+
+class ChannelsLast(nn.Module):
+    """NCHW -> (B, H, W, C); stands where the official stem has its einops Rearrange (no parameters)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class LePEStripeAttention(AttentionLayer):
+    """Multi-head attention within stripes of one orientation, plus LePE.
+
+    `orientation` is "vertical" (stripes of `stripe_width` columns, full height), "horizontal"
+    (`stripe_width` rows, full width) or None (the whole map, the last stage). Takes the already
+    projected q, k, v of this branch as (B, H, W, dim) maps and returns (B, H, W, dim).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, stripe_width: int, orientation: str | None, scale: float, attn_drop: float
+    ):
+        super().__init__()
+        # (rows, columns) of a stripe; None = the full side of whatever map comes in.
+        if orientation == "vertical":
+            self.stripe = (None, stripe_width)
+        elif orientation == "horizontal":
+            self.stripe = (stripe_width, None)
+        elif orientation is None:
+            self.stripe = (None, None)
+        else:
+            raise ValueError(f"orientation must be 'vertical', 'horizontal' or None, got {orientation!r}")
+        self.num_heads = num_heads
+        self.scale = scale
+        self.attn_drop = attn_drop
+        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, H, W, C = q.shape
+        stripe, padded = stripe_layout((H, W), self.stripe)
+        length, heads = stripe[0] * stripe[1], self.num_heads
+
+        def group(t: Tensor) -> Tensor:  # (B, H, W, C) -> (B * stripes, heads, L, C / heads)
+            return (
+                image_to_stripes(pad_bottom_right(t, padded), stripe)
+                .view(-1, length, heads, C // heads)
+                .transpose(1, 2)
+            )
+
+        q, k, v = group(q), group(k), group(v)
+        # LePE: a depthwise conv of V over each stripe seen as a small image, zero-padded at its borders.
+        v_map = v.transpose(2, 3).reshape(-1, C, *stripe)
+        lepe = self.get_v(v_map).view(-1, heads, C // heads, length).transpose(2, 3)
+        mask = batch_mask(stripe_key_mask((H, W), padded, stripe, q.device), B)
+        dropout_p = self.attn_drop if self.training else 0.0
+        x = attend(q, k, v, bias=mask, scale=self.scale, dropout_p=dropout_p, store=self.attention_store) + lepe
+        x = stripes_to_image(x.transpose(1, 2).reshape(-1, length, C), stripe, padded)
+        return x[:, :H, :W]
+
+
+class CSWinBlock(nn.Module):
+    """Cross-shaped window self-attention and an MLP, each pre-normed and residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        stripe_width: int,
+        full_attention: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if not full_attention and num_heads % 2:
+            raise ValueError(f"cross-shaped attention splits the heads in half; num_heads {num_heads} is odd")
+        scale = (dim // num_heads) ** -0.5  # the same head dimension in both branches
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.norm1 = norm_layer(dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(drop)
+        if full_attention:
+            branches = [LePEStripeAttention(dim, num_heads, stripe_width, None, scale, attn_drop)]
+        else:
+            branches = [
+                LePEStripeAttention(dim // 2, num_heads // 2, stripe_width, orientation, scale, attn_drop)
+                for orientation in ("vertical", "horizontal")
+            ]
+        self.attns = nn.ModuleList(branches)
+        self.drop_path = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm2 = norm_layer(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        if len(self.attns) == 1:
+            y = self.attns[0](q, k, v)
+        else:  # first half of the channels: vertical stripes; second half: horizontal stripes
+            half = x.shape[-1] // 2
+            vertical = self.attns[0](q[..., :half], k[..., :half], v[..., :half])
+            horizontal = self.attns[1](q[..., half:], k[..., half:], v[..., half:])
+            y = torch.cat([vertical, horizontal], dim=-1)
+        x = x + self.drop_path(self.proj_drop(self.proj(y)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CSWinTransformer(nn.Module):
+    """CSWin Transformer; `forward_features` returns the normalised final map (B, H/32, W/32, C).
+
+    `img_size` only decides which stages use a single full-attention branch, as the official code
+    does at construction: the last stage always, and any stage whose map at `img_size` equals its
+    stripe width (so that official checkpoints of such configurations load). The model itself runs
+    at any input size of at least 3x3 pixels.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depth: Sequence[int] = (2, 2, 6, 2),
+        split_size: Sequence[int] = (1, 2, 7, 7),
+        num_heads: Sequence[int] = (4, 8, 16, 32),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        if not len(depth) == len(split_size) == len(num_heads) == 4:
+            raise ValueError(
+                f"depth, split_size and num_heads need one entry per stage (4), got {depth}, {split_size}, {num_heads}"
+            )
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.grad_checkpointing = False
+        img_size = to_2tuple(img_size)
+        dims = [embed_dim * 2**i for i in range(4)]
+        self.embed_dim, self.num_features = embed_dim, dims[-1]
+
+        self.stage1_conv_embed = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim, kernel_size=7, stride=4, padding=2), ChannelsLast(), norm_layer(embed_dim)
+        )
+        rates = drop_path_rates(drop_path_rate, sum(depth))
+        for i in range(4):
+            stride = 4 * 2**i
+            full = i == 3 or all(side // stride == split_size[i] for side in img_size)
+            first = sum(depth[:i])
+            blocks = [
+                CSWinBlock(
+                    dims[i],
+                    num_heads[i],
+                    split_size[i],
+                    full,
+                    mlp_ratio,
+                    qkv_bias,
+                    drop_rate,
+                    attn_drop_rate,
+                    rates[first + j],
+                    norm_layer,
+                )
+                for j in range(depth[i])
+            ]
+            self.add_module(f"stage{i + 1}", nn.ModuleList(blocks))
+            if i < 3:
+                self.add_module(f"merge{i + 1}", ConvEmbed(dims[i], dims[i + 1], 3, 2, 1, eps=norm_eps))
+        self.norm = norm_layer(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
+
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stage{i + 1}") for i in range(4)]
+        self.default_out_indices = (0, 1, 2, 3)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    # Contracts used by training and checkpoint loading.
+    classifier_keys = ("head",)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._init_weights(self.head)
+
+    # The forward pass, top-down.
+    def stem(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < 3:
+            raise ValueError(
+                f"CSWin needs images of at least 3x3 pixels (7x7 stride-4 stem with padding 2), "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        return self.stage1_conv_embed(x)
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """The (B, H, W, C) output of each stage, at strides 4, 8, 16 and 32."""
+        outputs = []
+        for i in range(4):
+            if i:
+                x = getattr(self, f"merge{i}")(x.permute(0, 3, 1, 2))
+            for block in getattr(self, f"stage{i + 1}"):
+                x = (
+                    checkpoint(block, x, use_reentrant=False)
+                    if self.grad_checkpointing and torch.is_grad_enabled()
+                    else block(x)
+                )
+            outputs.append(x)
+        return outputs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.norm(self.stages(self.stem(x))[-1])
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """The outputs of the stages in `indices` (0-3) as NCHW maps at strides 4/8/16/32 (not normalised)."""
+        outputs = self.stages(self.stem(x))
+        return [outputs[i].permute(0, 3, 1, 2) for i in indices]
+
+
+_CSWIN = "CSWin: Dong et al. 2022 (microsoft/CSWin-Transformer)"
+# The release files named in the official README (the Large ones: ImageNet-22k pre-trained, fine-tuned on 1k).
+_RELEASE = "https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/{}.pth"
+# name: (embed_dim, depth, num_heads, split_size, official function name, release file, README top-1)
+_VARIANTS = {
+    "cswin_tiny_224": (64, (1, 2, 21, 1), (2, 4, 8, 16), (1, 2, 7, 7), "CSWin_64_12211_tiny_224", 82.8),
+    "cswin_small_224": (64, (2, 4, 32, 2), (2, 4, 8, 16), (1, 2, 7, 7), "CSWin_64_24322_small_224", 83.6),
+    "cswin_base_224": (96, (2, 4, 32, 2), (4, 8, 16, 32), (1, 2, 7, 7), "CSWin_96_24322_base_224", 84.2),
+    "cswin_large_224": (144, (2, 4, 32, 2), (6, 12, 24, 24), (1, 2, 7, 7), "CSWin_144_24322_large_224", 86.5),
+    "cswin_base_384": (96, (2, 4, 32, 2), (4, 8, 16, 32), (1, 2, 12, 12), "CSWin_96_24322_base_384", 85.5),
+    "cswin_large_384": (144, (2, 4, 32, 2), (6, 12, 24, 24), (1, 2, 12, 12), "CSWin_144_24322_large_384", 87.5),
+}
+for _name, (_dim, _depth, _heads, _split, _official, _top1) in _VARIANTS.items():
+    _img = int(_name[-3:])
+    register_model(
+        _name,
+        CSWinTransformer,
+        dict(img_size=_img, embed_dim=_dim, depth=_depth, num_heads=_heads, split_size=_split),
+        f"{_CSWIN}, {_official}",
+        input_size=(3, _img, _img),
+        crop_pct=0.9 if _img == 224 else 1.0,
+        url=_RELEASE.format(_name),
+        pretrained_ema=True,
+        paper=dict(top1=_top1),
+    )

@@ -1,0 +1,218 @@
+"""CSWin Transformer: counts, any input size (masked padding), features, attention capture, loading."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitlab
+from tests.helpers import max_rel_error
+from vitlab.analysis.complexity import count_params
+from vitlab.layers.local import stripe_key_mask
+from vitlab.models.cswin import LePEStripeAttention
+
+# Parameter counts of the official code (references/backbones.md), in millions to 2 decimals.
+PARAMS = {"cswin_tiny_224": 22.32, "cswin_small_224": 34.64, "cswin_base_224": 77.38}
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_parameter_counts_match_the_official_code(name):
+    with torch.device("meta"):
+        model = vitlab.create_model(name)
+    assert round(count_params(model) / 1e6, 2) == PARAMS[name]
+
+
+def test_macs_match_the_official_code():
+    assert round(vitlab.model_info("cswin_tiny_224")["gmacs"], 2) == 4.32  # official code, unfused: 4.324
+
+
+def test_state_dict_has_the_official_layout():
+    with torch.device("meta"):
+        keys = vitlab.create_model("cswin_tiny_224").state_dict().keys()
+    assert len(keys) == 418  # as the official CSWin_64_12211_tiny_224
+    for key in [
+        "stage1_conv_embed.0.weight",
+        "stage1_conv_embed.2.bias",
+        "stage1.0.qkv.weight",
+        "stage3.20.attns.0.get_v.weight",
+        "stage3.20.attns.1.get_v.bias",
+        "stage4.0.attns.0.get_v.weight",
+        "merge3.conv.weight",
+        "merge3.norm.weight",
+        "norm.weight",
+        "head.bias",
+    ]:
+        assert key in keys
+    assert "stage4.0.attns.1.get_v.weight" not in keys  # the last stage has one full-attention branch
+
+
+def small(name="cswin_tiny_224", **kwargs):
+    config = dict(embed_dim=16, depth=(1, 1, 2, 1), num_heads=(2, 2, 4, 4), num_classes=5)
+    config.update(kwargs)
+    return vitlab.create_model(name, **config).eval()
+
+
+def test_a_stage_as_small_as_its_stripes_is_built_with_full_attention_as_officially():
+    at_112 = small(img_size=112)  # stage 3 is 7x7 = the stripe width 7
+    assert len(at_112.stage3[0].attns) == 1 and len(small().stage3[0].attns) == 2
+
+
+@pytest.mark.parametrize("size", [(224, 224), (100, 150), (17, 33), (3, 3)])
+def test_any_input_size(size):
+    with torch.no_grad():
+        assert small()(torch.randn(2, 3, *size)).shape == (2, 5)
+
+
+def naive_stripe_attention(layer: LePEStripeAttention, q, k, v, vertical: bool, width: int):
+    """Attention + LePE computed stripe by stripe, the last stripe simply narrower, nothing padded."""
+    B, H, W, C = q.shape
+    heads = layer.num_heads
+    out = torch.zeros_like(q)
+    for start in range(0, W if vertical else H, width):
+        region = (
+            (slice(None), slice(None), slice(start, start + width))
+            if vertical
+            else (slice(None), slice(start, start + width))
+        )
+        qs, ks, vs = q[region], k[region], v[region]
+        h, w = qs.shape[1:3]
+        qh, kh, vh = (t.reshape(B, h * w, heads, C // heads).transpose(1, 2) for t in (qs, ks, vs))
+        probs = (qh @ kh.transpose(-1, -2) * layer.scale).softmax(-1)
+        y = (probs @ vh).transpose(1, 2).reshape(B, h, w, C)
+        lepe = F.conv2d(vs.permute(0, 3, 1, 2), layer.get_v.weight, layer.get_v.bias, padding=1, groups=C)
+        out[region] = y + lepe.permute(0, 2, 3, 1)
+    return out
+
+
+@pytest.mark.parametrize("orientation", ["vertical", "horizontal"])
+@pytest.mark.parametrize(("size", "width"), [((6, 8), 2), ((7, 10), 4), ((5, 9), 7), ((3, 2), 7)])
+def test_padding_is_masked_so_the_last_stripe_is_just_narrower(orientation, size, width):
+    layer = LePEStripeAttention(8, 2, width, orientation, scale=0.3, attn_drop=0.0).eval()
+    torch.nn.init.normal_(layer.get_v.weight)
+    torch.nn.init.normal_(layer.get_v.bias)
+    q, k, v = torch.randn(3, 2, *size, 8).unbind(0)
+    with torch.no_grad():
+        expected = naive_stripe_attention(layer, q, k, v, orientation == "vertical", width)
+        assert max_rel_error(layer(q, k, v), expected) < 1e-5
+
+
+def test_padded_keys_get_no_attention_and_rows_sum_to_one():
+    model = small(num_heads=(2, 2, 4, 4))
+    with vitlab.capture_attention(model) as maps, torch.no_grad():
+        model(torch.randn(1, 3, 90, 70))  # stage-2 map 11x9: vertical stripes of 2 columns, the last one padded
+    probs = maps["stage2.0.attns.0"][0]
+    assert probs.shape == (5, 1, 22, 22)  # 5 stripes of 11x2 tokens, 1 head
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5, 1, 22))
+    last = probs[-1].view(1, 22, 11, 2)
+    assert (last[..., 1] == 0).all() and (last[..., 0] > 0).all()
+
+
+def test_capture_attention_reports_every_branch():
+    model = small()
+    x = torch.randn(2, 3, 64, 64)
+    with vitlab.capture_attention(model) as maps, torch.no_grad():
+        logits = model(x)
+    assert set(maps) == {"stage1.0.attns.0", "stage1.0.attns.1", "stage2.0.attns.0", "stage2.0.attns.1"} | {
+        f"stage3.{j}.attns.{b}" for j in range(2) for b in range(2)
+    } | {"stage4.0.attns.0"}
+    assert maps["stage1.0.attns.0"][0].shape == (2 * 16, 1, 16, 16)  # 16x16 map, vertical stripes of width 1
+    assert maps["stage4.0.attns.0"][0].shape == (2, 4, 4, 4)  # 2x2 map, full attention, 4 heads
+    for probs in (p for ps in maps.values() for p in ps):
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x))  # recording does not change the outputs
+
+
+def test_stripe_masks_are_built_once_per_size():
+    model = small()
+    x = torch.randn(1, 3, 90, 70)
+    stripe_key_mask.cache_clear()
+    with torch.no_grad():
+        model(x)
+        built = stripe_key_mask.cache_info().misses
+        model(x)
+    info = stripe_key_mask.cache_info()
+    assert built > 0 and info.misses == built and info.hits >= built
+
+
+def test_features_only_gives_four_nchw_maps_at_strides_4_to_32():
+    extractor = vitlab.create_model(
+        "cswin_tiny_224", features_only=True, embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)
+    )
+    assert extractor.channels == [16, 32, 64, 128] and extractor.reductions == [4, 8, 16, 32]
+    maps = extractor(torch.randn(2, 3, 224, 224))
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 56, 56), (2, 32, 28, 28), (2, 64, 14, 14), (2, 128, 7, 7)]
+    maps = extractor(torch.randn(1, 3, 100, 150))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(25, 37), (13, 19), (7, 10), (4, 5)]
+
+
+def test_features_are_the_stage_outputs():
+    model = small()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        (last,) = model.forward_intermediates(x, [3])
+        torch.testing.assert_close(model.forward_features(x), model.norm(last.permute(0, 2, 3, 1)))
+
+
+def test_impossible_sizes_and_bad_configurations_are_named():
+    model = small()
+    with pytest.raises(ValueError, match="at least 3x3 pixels.*got 2x40"):
+        model(torch.randn(1, 3, 2, 40))
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\).*\(1, 1, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="num_heads 3 is odd"):
+        small(embed_dim=18, num_heads=(3, 2, 4, 4))
+    with pytest.raises(ValueError, match="one entry per stage"):
+        small(depth=(1, 1, 1))
+
+
+def test_drop_path_and_grad_checkpointing():
+    model = small(drop_path_rate=0.1).train()
+    assert model.stage4[0].drop_path.drop_prob == pytest.approx(0.1)
+    x = torch.randn(2, 3, 48, 40)
+    torch.manual_seed(0)
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(0)
+    checkpointed = model(x)
+    torch.testing.assert_close(plain, checkpointed)
+    checkpointed.sum().backward()
+    assert model.stage1[0].attns[1].get_v.weight.grad is not None
+
+
+def test_official_training_checkpoints_load_their_ema_weights(tmp_path):
+    source = small()
+    path = tmp_path / "cswin.pth"
+    ema = {k: v + 1 for k, v in source.state_dict().items()}
+    torch.save({"state_dict": source.state_dict(), "state_dict_ema": ema, "epoch": 299}, path)
+    model = small()
+    assert vitlab.load_checkpoint(model, path, use_ema=True) == "native"
+    torch.testing.assert_close(model.head.bias, source.head.bias + 1)
+
+
+def test_pretrained_downloads_the_release_file_and_takes_its_ema_weights(tmp_path, monkeypatch):
+    name = "cswin_tiny_224"
+    entry = vitlab.registry.get_entry(name)
+    assert entry.url.endswith("/v0.1.0/cswin_tiny_224.pth") and entry.pretrained_ema
+    published = small()
+    release = tmp_path / "release" / "cswin_tiny_224.pth"
+    release.parent.mkdir()
+    ema = {k: v + 1 for k, v in published.state_dict().items()}
+    torch.save({"state_dict": published.state_dict(), "state_dict_ema": ema}, release)
+    monkeypatch.setitem(vitlab.registry._REGISTRY, name, dataclasses.replace(entry, url=release.as_uri()))
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VITLAB_OFFLINE", raising=False)
+    model = vitlab.create_model(
+        name, pretrained=True, embed_dim=16, depth=(1, 1, 2, 1), num_heads=(2, 2, 4, 4), num_classes=5
+    )
+    assert (tmp_path / "cache" / "cswin_tiny_224.pth").is_file()
+    torch.testing.assert_close(model.head.bias, published.head.bias + 1)
+
+
+def test_a_224_checkpoint_loads_into_the_384_configuration():
+    trained = small(img_size=224, split_size=(1, 2, 7, 7))
+    model = small(img_size=384, split_size=(1, 2, 12, 12))
+    vitlab.checkpoint.load_state_dict(model, trained.state_dict())  # strict: every key and shape fits
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 384)).shape == (1, 5)
