@@ -111,10 +111,11 @@ class SwinStage(nn.Module):
         super().__init__()
         self.downsample = PatchMerging(dim, out_dim, norm_layer) if downsample else nn.Identity()
         self.resolution = resolution  # of the blocks' map at the model's img_size
-        # Fixed at construction like the references: a window larger than the stage's map at img_size
-        # shrinks to the map, and a side that fits in one window is never shifted.
+        # As in the references, a window larger than the stage's map at img_size shrinks to the map (which
+        # sizes the relative-position table). Whether a side is shifted is decided per input instead: a side
+        # that fits in one window is not (WindowAttention), so e.g. stage 4 of a 224 model shifts at 448.
         window = tuple(min(w, r) for w, r in zip(window_size, resolution, strict=True))
-        half = tuple(0 if r <= w else w // 2 for w, r in zip(window, resolution, strict=True))
+        half = tuple(w // 2 for w in window)
         self.blocks = nn.Sequential(
             *[
                 SwinBlock(
