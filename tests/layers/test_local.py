@@ -14,17 +14,15 @@ from vitlab.layers.local import (
     shifted_window_mask,
     window_geometry,
     window_partition,
-    window_reverse,
 )
 
 
-def test_partition_and_reverse_are_inverse_and_keep_raster_order():
+def test_partition_keeps_raster_order():
     x = torch.arange(2 * 6 * 8 * 3, dtype=torch.float32).view(2, 6, 8, 3)
     windows = window_partition(x, (3, 4))
     assert windows.shape == (2 * 4, 12, 3)
     torch.testing.assert_close(windows[1], x[0, 0:3, 4:8].reshape(12, 3))  # second window: top right
     torch.testing.assert_close(windows[4 + 2], x[1, 3:6, 0:4].reshape(12, 3))
-    torch.testing.assert_close(window_reverse(windows, (3, 4), (6, 8)), x)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +103,19 @@ def attention_module(window=7, shift=3, dim=8, heads=2):
     with torch.no_grad():
         module.relative_position_bias_table.normal_()
     return module
+
+
+def test_token_order_is_pad_then_roll_then_partition():
+    g = window_geometry((10, 12), (7, 7), (3, 3))
+    gather, padding, scatter = local.window_token_order(g)
+    x = torch.randn(2, 10, 12, 5)
+    reference = window_partition(torch.roll(F.pad(x, (0, 0, 0, 2, 0, 4)), (-3, -3), (1, 2)), (7, 7))
+    grouped = x.reshape(2, 120, 5).index_select(1, gather)
+    grouped.index_fill_(1, padding, 0.0)
+    torch.testing.assert_close(grouped.view(-1, 49, 5), reference)
+    torch.testing.assert_close(grouped.index_select(1, scatter).view(2, 10, 12, 5), x)
+    assert padding.numel() == 14 * 14 - 120
+    assert local.window_token_order(window_geometry((14, 14), (7, 7), (0, 0)))[1] is None
 
 
 def test_padding_inside_equals_zero_padding_before_the_shift():
