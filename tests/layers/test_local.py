@@ -159,6 +159,16 @@ def test_layouts_are_built_once_per_size(monkeypatch):
     assert len(calls) == 2 and len(module._layouts) == 2
 
 
+def test_layouts_first_built_under_inference_mode_serve_training():
+    module = attention_module()
+    x = torch.randn(1, 10, 12, 8)
+    with torch.inference_mode():
+        module(x)
+    module.train()
+    module(x).sum().backward()
+    assert module.qkv.weight.grad is not None
+
+
 def test_the_bias_stays_differentiable_and_current():
     module = attention_module().train()
     x = torch.randn(1, 14, 14, 8)

@@ -3,7 +3,7 @@
 Local attention lets each token attend to a neighbourhood instead of the whole image. In vitlab
 every local variant works the same way: the tokens of a (B, H, W, C) map are regrouped into a
 batch of short, independent sequences (windows, stripes, axes, neighbourhoods), `attend()` runs
-ONCE over all of them with whatever bias or mask the grouping needs, and the results are put back
+once over all of them with whatever bias or mask the grouping needs, and the results are put back
 in place. This file holds those groupings, one self-contained section per scheme.
 
 Sections:
@@ -35,7 +35,8 @@ Size2 = tuple[int, int]
 # Any map size works: the map is zero-padded at the bottom and right to a multiple of the window
 # before the roll (as the official detection/segmentation code and HF transformers do), and
 # cropped back afterwards; a side no longer than the window is one window along that side and is
-# not shifted.
+# not shifted. Pad, roll and partition are applied together as one precomputed permutation of the
+# tokens (`window_token_order`), and so is their inverse: no torch.roll in the forward pass.
 
 
 def window_partition(x: Tensor, window: Size2) -> Tensor:
@@ -246,20 +247,24 @@ class WindowAttention(AttentionLayer):
         if cached is not None:
             return cached
         geometry = window_geometry(tuple(size), self.window_size, self.shift_size)
-        if geometry.window == self.window_size:
-            index = self.relative_position_index
-        else:
-            index = relative_position_index(geometry.window, self.window_size)
-        mask = shifted_window_mask(geometry.padded, geometry.window, geometry.shift) if any(geometry.shift) else None
-        gather, padding, scatter = window_token_order(geometry)
-        layout = WindowLayout(
-            geometry,
-            gather.to(device),
-            None if padding is None else padding.to(device),
-            scatter.to(device),
-            index.reshape(-1).to(device),
-            None if mask is None else mask.to(device),
-        )
+        # Ordinary tensors even when first built under inference_mode, so that a later training step
+        # can use (and save for backward) the same cached indices.
+        with torch.inference_mode(False), torch.no_grad():
+            if geometry.window == self.window_size:
+                index = self.relative_position_index.clone()
+            else:
+                index = relative_position_index(geometry.window, self.window_size)
+            shifted = any(geometry.shift)
+            mask = shifted_window_mask(geometry.padded, geometry.window, geometry.shift) if shifted else None
+            gather, padding, scatter = window_token_order(geometry)
+            layout = WindowLayout(
+                geometry,
+                gather.to(device),
+                None if padding is None else padding.to(device),
+                scatter.to(device),
+                index.reshape(-1).to(device),
+                None if mask is None else mask.to(device),
+            )
         if len(self._layouts) >= self.max_cached_layouts:
             self._layouts.pop(next(iter(self._layouts)))
         self._layouts[key] = layout
