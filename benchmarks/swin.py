@@ -14,10 +14,11 @@ import platform
 import statistics
 
 import torch
-from common import inference_throughput, load_timm, print_table, train_step_throughput
+from common import inference_throughput, load_timm, median_seconds, print_table, train_step_throughput
 
 import vitlab
 from vitlab.checkpoint import load_state_dict
+from vitlab.layers.local import WindowAttention, group_windows, ungroup_windows, window_partition
 
 NAME = "swin_tiny_patch4_window7_224"
 
@@ -63,6 +64,50 @@ def main() -> None:
         b = statistics.median(theirs) if theirs else None
         rows.append((label, f"{a:.1f}", f"{b:.1f}" if b else "-", f"{a / b:.2f}x" if b else "-"))
     print_table(("Swin-T", "vitlab img/s", "timm img/s", "vitlab / timm"), rows)
+    grouping(args.batch_size, 10)
+
+
+def grouping(batch_size: int, repeats: int) -> None:
+    """Shifted windows of a stage-1 map (56x56x96, window 7, shift 3): the textbook roll + partition and
+    its inverse against the one-gather permutation WindowAttention uses (`group_windows`, whose backward
+    is the inverse gather); forward, and forward + backward."""
+    x = torch.randn(batch_size, 56, 56, 96)
+    layout = WindowAttention(96, 3, 7, 3).layout((56, 56), x.device)
+    windows = window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
+
+    def roll_in() -> torch.Tensor:
+        return window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
+
+    def gather_in() -> torch.Tensor:
+        return group_windows(x.view(batch_size, -1, 96), layout)
+
+    def roll_out() -> torch.Tensor:
+        y = windows.view(batch_size, 8, 8, 7, 7, 96).permute(0, 1, 3, 2, 4, 5).reshape(batch_size, 56, 56, 96)
+        return torch.roll(y, (3, 3), (1, 2))
+
+    def gather_out() -> torch.Tensor:
+        return ungroup_windows(windows.view(batch_size, -1, 96), layout)
+
+    leaf = x.clone().requires_grad_()
+
+    def roll_backward() -> None:
+        window_partition(torch.roll(leaf, (-3, -3), (1, 2)), (7, 7)).sum().backward()
+
+    def gather_backward() -> None:
+        group_windows(leaf.view(batch_size, -1, 96), layout).sum().backward()
+
+    assert torch.equal(roll_in().flatten(0, 1), gather_in().flatten(0, 1))
+    assert torch.equal(roll_out(), gather_out().view_as(x))
+    rows = []
+    for label, textbook, ours in [
+        ("pad + roll + partition", roll_in, gather_in),
+        ("reverse + roll back + crop", roll_out, gather_out),
+        ("forward + backward of the first", roll_backward, gather_backward),
+    ]:
+        a, b = (median_seconds(f, 2, repeats) * 1000 for f in (textbook, ours))
+        rows.append((label, f"{a:.1f}", f"{b:.1f}", f"{a / b:.1f}x"))
+    print(f"\n# window grouping, batch {batch_size}x56x56x96, window 7, shift 3")
+    print_table(("step", "torch.roll + permute ms", "index_select ms", "speed-up"), rows)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,15 @@ def test_token_order_is_pad_then_roll_then_partition():
     assert local.window_token_order(window_geometry((14, 14), (7, 7), (0, 0)))[1] is None
 
 
+def test_grouping_and_ungrouping_have_exact_gradients():
+    layout = attention_module().layout((10, 12), torch.device("cpu"))
+    x = torch.randn(2, 120, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local.group_windows(t, layout), (x,))
+    windows = torch.randn(2, 14 * 14, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local.ungroup_windows(t, layout), (windows,))
+    torch.testing.assert_close(local.ungroup_windows(local.group_windows(x, layout), layout), x)
+
+
 def test_padding_inside_equals_zero_padding_before_the_shift():
     module = attention_module()
     x = torch.randn(2, 10, 12, 8)

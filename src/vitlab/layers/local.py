@@ -167,9 +167,9 @@ def window_token_order(geometry: WindowGeometry) -> tuple[Tensor, Tensor | None,
     Returns `gather` (num_windows * N,): for each slot of the windowed sequence, the raster index of
     the token that fills it (0 for padding slots); `padding`: the padding slots, or None; and
     `scatter` (H * W,): for each token of the map, its slot. `x.index_select(1, gather)` on
-    (B, H * W, C) tokens then does pad + roll(-shift) + `window_partition` in one copy, and
-    `y.index_select(1, scatter)` undoes all three (crop included) in another, where the
-    straightforward F.pad, torch.roll, permute and crop each copy the whole map.
+    (B, H * W, C) tokens, padding slots zeroed, then does pad + roll(-shift) + `window_partition` in
+    one copy, and `y.index_select(1, scatter)` undoes all three (crop included) in another, where
+    the straightforward F.pad, torch.roll, permute and crop each copy the whole map.
     """
     (H, W), (Hp, Wp) = geometry.size, geometry.padded
     raster = F.pad(torch.arange(H * W).view(1, H, W), (0, Wp - W, 0, Hp - H), value=-1)
@@ -192,6 +192,41 @@ class WindowLayout:
     scatter: Tensor
     index: Tensor  # (N * N,) rows of the relative-position table
     mask: Tensor | None  # (num_windows, N, N) shifted-window mask, None without shift
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """`x.index_select(1, index)` for an index that is a permutation of the live tokens.
+
+    The backward is the inverse gather, `grad.index_select(1, inverse)`, instead of autograd's
+    zero-fill + index_add (several times slower on CPU). Slots listed in `dead_out` are zeroed in the
+    output (padding); tokens listed in `dead_in` feed no output slot, so get no gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, index: Tensor, inverse: Tensor, dead_out: Tensor | None, dead_in: Tensor | None
+    ) -> Tensor:
+        ctx.save_for_backward(inverse, dead_in)
+        y = x.index_select(1, index)
+        return y if dead_out is None else y.index_fill_(1, dead_out, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        inverse, dead_in = ctx.saved_tensors
+        grad = grad.index_select(1, inverse)
+        if dead_in is not None:
+            grad.index_fill_(1, dead_in, 0.0)
+        return grad, None, None, None, None
+
+
+def group_windows(tokens: Tensor, layout: WindowLayout) -> Tensor:
+    """(B, H * W, C) tokens -> (B, num_windows * N, C): padded, shifted and cut into windows."""
+    return _PermuteTokens.apply(tokens, layout.gather, layout.scatter, layout.padding, None)
+
+
+def ungroup_windows(windows: Tensor, layout: WindowLayout) -> Tensor:
+    """(B, num_windows * N, C) -> (B, H * W, C): the inverse of `group_windows`, padding dropped."""
+    return _PermuteTokens.apply(windows, layout.scatter, layout.gather, None, layout.padding)
 
 
 class WindowAttention(AttentionLayer):
@@ -274,9 +309,7 @@ class WindowAttention(AttentionLayer):
         B, H, W, C = x.shape
         layout = self.layout((H, W), x.device)
         N = layout.geometry.window_area
-        windows = x.reshape(B, H * W, C).index_select(1, layout.gather)
-        if layout.padding is not None:
-            windows.index_fill_(1, layout.padding, 0.0)  # zero padding, as F.pad would give
+        windows = group_windows(x.reshape(B, H * W, C), layout)
         qkv = self.qkv(windows.view(-1, N, C)).view(-1, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
@@ -291,7 +324,7 @@ class WindowAttention(AttentionLayer):
         dropout_p = self.attn_drop if self.training else 0.0
         out = attend(q, k, v, bias=bias, dropout_p=dropout_p, store=self.attention_store)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, -1, C)))
-        return out.index_select(1, layout.scatter).view(B, H, W, C)
+        return ungroup_windows(out, layout).view(B, H, W, C)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, window_size={self.window_size}, shift_size={self.shift_size}"
