@@ -147,7 +147,6 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
         super().__init__()
-        self.in_features = in_features
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes) if num_classes else nn.Identity()
 
