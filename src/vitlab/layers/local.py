@@ -169,17 +169,30 @@ def window_token_order(geometry: WindowGeometry) -> tuple[Tensor, Tensor | None,
     `scatter` (H * W,): for each token of the map, its slot. `x.index_select(1, gather)` on
     (B, H * W, C) tokens, padding slots zeroed, then does pad + roll(-shift) + `window_partition` in
     one copy, and `y.index_select(1, scatter)` undoes all three (crop included) in another, where
-    the straightforward F.pad, torch.roll, permute and crop each copy the whole map.
+    the straightforward F.pad, torch.roll, permute and crop each copy the whole map. Computed with
+    plain index arithmetic (no data-dependent shapes), so it also traces for torch.export.
     """
     (H, W), (Hp, Wp) = geometry.size, geometry.padded
-    raster = F.pad(torch.arange(H * W).view(1, H, W), (0, Wp - W, 0, Hp - H), value=-1)
-    raster = torch.roll(raster, shifts=(-geometry.shift[0], -geometry.shift[1]), dims=(1, 2))
-    slots = window_partition(raster.unsqueeze(-1), geometry.window).reshape(-1)
-    is_pad = slots < 0
-    scatter = torch.empty(H * W, dtype=torch.long)
-    scatter[slots[~is_pad]] = torch.arange(slots.numel())[~is_pad]
-    padding = is_pad.nonzero().flatten() if is_pad.any() else None
-    return slots.clamp(min=0), padding, scatter
+    (wh, ww), (sh, sw) = geometry.window, geometry.shift
+
+    def slot(rows: Tensor, cols: Tensor) -> Tensor:
+        """Where the token at (row, col) of the padded map lands after roll(-shift) and partition."""
+        rows, cols = (rows - sh) % Hp, (cols - sw) % Wp
+        window = (rows // wh) * (Wp // ww) + cols // ww
+        return window * (wh * ww) + (rows % wh) * ww + cols % ww
+
+    def grid(rows: range, cols: range) -> tuple[Tensor, Tensor]:
+        r, c = torch.meshgrid(torch.arange(rows.start, rows.stop), torch.arange(cols.start, cols.stop), indexing="ij")
+        return r.flatten(), c.flatten()
+
+    scatter = slot(*grid(range(H), range(W)))
+    gather = torch.zeros(Hp * Wp, dtype=torch.long)
+    gather[scatter] = torch.arange(H * W)
+    # Padding: the rows below the map, then the columns right of it.
+    blocks = [grid(range(H, Hp), range(Wp)), grid(range(H), range(W, Wp))]
+    blocks = [b for b, n in zip(blocks, ((Hp - H) * Wp, H * (Wp - W)), strict=True) if n]
+    padding = slot(torch.cat([r for r, _ in blocks]), torch.cat([c for _, c in blocks])) if blocks else None
+    return gather, padding, scatter
 
 
 @dataclass(frozen=True)
@@ -281,6 +294,8 @@ class WindowAttention(AttentionLayer):
         cached = self._layouts.get(key)
         if cached is not None:
             return cached
+        is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
+        tracing = torch.compiler.is_compiling() or is_exporting()
         geometry = window_geometry(tuple(size), self.window_size, self.shift_size)
         # Ordinary tensors even when first built under inference_mode, so that a later training step
         # can use (and save for backward) the same cached indices.
@@ -300,6 +315,8 @@ class WindowAttention(AttentionLayer):
                 index.reshape(-1).to(device),
                 None if mask is None else mask.to(device),
             )
+        if tracing:  # traced tensors must not outlive the trace: the graph rebuilds the layout itself
+            return layout
         if len(self._layouts) >= self.max_cached_layouts:
             self._layouts.pop(next(iter(self._layouts)))
         self._layouts[key] = layout
