@@ -294,8 +294,6 @@ class WindowAttention(AttentionLayer):
         cached = self._layouts.get(key)
         if cached is not None:
             return cached
-        is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
-        tracing = torch.compiler.is_compiling() or is_exporting()
         geometry = window_geometry(tuple(size), self.window_size, self.shift_size)
         # Ordinary tensors even when first built under inference_mode, so that a later training step
         # can use (and save for backward) the same cached indices.
@@ -315,8 +313,6 @@ class WindowAttention(AttentionLayer):
                 index.reshape(-1).to(device),
                 None if mask is None else mask.to(device),
             )
-        if tracing:  # traced tensors must not outlive the trace: the graph rebuilds the layout itself
-            return layout
         if len(self._layouts) >= self.max_cached_layouts:
             self._layouts.pop(next(iter(self._layouts)))
         self._layouts[key] = layout
