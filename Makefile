@@ -34,6 +34,8 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/throughput.py
+	$(BENCH_PY) benchmarks/swin.py
+	$(BENCH_PY) benchmarks/scaling.py
 
 # Full-size parity against the live reference packages (timm, transformers).
 test-live: $(BENCH_STAMP)

@@ -15,7 +15,7 @@ def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
         return x
     keep = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    return x * mask.div_(keep)  # scale the (B, 1, ...) mask, not the whole activation
 
 
 class DropPath(nn.Module):

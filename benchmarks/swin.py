@@ -1,0 +1,114 @@
+"""Swin-T, vitlab against timm on this CPU: inference (fp32, bf16 autocast) and a training step.
+
+Both run the same weights (timm's state dict loaded into vitlab). timm runs as it ships (its Swin
+attention is the unfused path unless TIMM_FUSED_ATTN asks for the experimental fused one); vitlab
+runs all windows through one fused `scaled_dot_product_attention` call. On a shared machine the
+two are measured in alternation, `--rounds` times, and the median of the rounds is reported.
+Run with `make bench`, which installs timm in a separate environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+
+import torch
+from common import inference_throughput, load_timm, median_seconds, print_table, train_step_throughput
+
+import vitlab
+from vitlab.checkpoint import load_state_dict
+from vitlab.layers.local import WindowAttention, group_windows, ungroup_windows, window_partition
+
+NAME = "swin_tiny_patch4_window7_224"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating vitlab/timm measurements (median)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timm = load_timm()
+    print(
+        f"# {NAME}: torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"inference batch {args.batch_size}, training batch {args.train_batch_size}, "
+        + (f"timm {timm.__version__}" if timm else "timm not installed")
+    )
+    torch.manual_seed(0)
+    ours = vitlab.create_model(NAME)
+    reference = None
+    if timm is not None:
+        reference = timm.create_model(NAME, pretrained=False)
+        load_state_dict(ours, reference.state_dict())
+    batch = torch.randn(args.batch_size, 3, 224, 224)
+    train_batch = torch.randn(args.train_batch_size, 3, 224, 224)
+    timing = dict(warmup=args.warmup, repeats=args.repeats)
+    cases = [
+        ("inference fp32", lambda m: inference_throughput(m, batch, False, **timing)),
+        ("inference bf16 autocast", lambda m: inference_throughput(m, batch, True, **timing)),
+        ("train step fp32 (fwd+bwd+SGD)", lambda m: train_step_throughput(m, train_batch, **timing)),
+    ]
+    rows = []
+    for label, measure in cases:
+        mine, theirs = [], []
+        for _ in range(args.rounds):
+            mine.append(measure(ours))
+            if reference is not None:
+                theirs.append(measure(reference))
+        a = statistics.median(mine)
+        b = statistics.median(theirs) if theirs else None
+        rows.append((label, f"{a:.1f}", f"{b:.1f}" if b else "-", f"{a / b:.2f}x" if b else "-"))
+    print_table(("Swin-T", "vitlab img/s", "timm img/s", "vitlab / timm"), rows)
+    grouping(args.batch_size, 10)
+
+
+def grouping(batch_size: int, repeats: int) -> None:
+    """Shifted windows of a stage-1 map (56x56x96, window 7, shift 3): the textbook roll + partition and
+    its inverse against the one-gather permutation WindowAttention uses (`group_windows`, whose backward
+    is the inverse gather); forward, and forward + backward."""
+    x = torch.randn(batch_size, 56, 56, 96)
+    layout = WindowAttention(96, 3, 7, 3).layout((56, 56), x.device)
+    windows = window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
+
+    def roll_in() -> torch.Tensor:
+        return window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
+
+    def gather_in() -> torch.Tensor:
+        return group_windows(x.view(batch_size, -1, 96), layout)
+
+    def roll_out() -> torch.Tensor:
+        y = windows.view(batch_size, 8, 8, 7, 7, 96).permute(0, 1, 3, 2, 4, 5).reshape(batch_size, 56, 56, 96)
+        return torch.roll(y, (3, 3), (1, 2))
+
+    def gather_out() -> torch.Tensor:
+        return ungroup_windows(windows.view(batch_size, -1, 96), layout)
+
+    leaf = x.clone().requires_grad_()
+
+    def roll_backward() -> None:
+        window_partition(torch.roll(leaf, (-3, -3), (1, 2)), (7, 7)).sum().backward()
+
+    def gather_backward() -> None:
+        group_windows(leaf.view(batch_size, -1, 96), layout).sum().backward()
+
+    assert torch.equal(roll_in().flatten(0, 1), gather_in().flatten(0, 1))
+    assert torch.equal(roll_out(), gather_out().view_as(x))
+    rows = []
+    for label, textbook, ours in [
+        ("pad + roll + partition", roll_in, gather_in),
+        ("reverse + roll back + crop", roll_out, gather_out),
+        ("forward + backward of the first", roll_backward, gather_backward),
+    ]:
+        a, b = (median_seconds(f, 2, repeats) * 1000 for f in (textbook, ours))
+        rows.append((label, f"{a:.1f}", f"{b:.1f}", f"{a / b:.1f}x"))
+    print(f"\n# window grouping, batch {batch_size}x56x56x96, window 7, shift 3")
+    print_table(("step", "torch.roll + permute ms", "index_select ms", "speed-up"), rows)
+
+
+if __name__ == "__main__":
+    main()
