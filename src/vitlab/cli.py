@@ -44,11 +44,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.data.transforms import eval_transform
     from vitlab.registry import create_model, get_entry
 
+    from vitlab.train.checkpoint import read_model_spec
+
     entry = get_entry(args.model)
     names = read_labels(args.labels) if args.labels else read_class_names(args.checkpoint)
-    overrides = {"num_classes": len(names)} if names else {}
+    saved_name, saved_args = read_model_spec(args.checkpoint)  # the architecture a `vitlab train` run stored
+    overrides = dict(saved_args) if saved_name == args.model else {}
+    if names:
+        overrides["num_classes"] = len(names)
     model = create_model(args.model, pretrained=args.checkpoint, **overrides).eval()
-    size = args.img_size or entry.input_size[1]
+    size = args.img_size or overrides.get("img_size") or entry.input_size[1]
     try:
         batch = torch.stack(
             [eval_transform(load_image(p), size, entry.mean, entry.std, entry.crop_pct) for p in args.images]
@@ -56,6 +61,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except BadImageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from vitlab.train.engine import input_channels
+
+    if input_channels(model) == 1:  # a model trained on grey images (in_chans=1)
+        batch = batch.mean(dim=1, keepdim=True)
     with torch.inference_mode():
         probs = model(batch).float().softmax(dim=-1)
     top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)

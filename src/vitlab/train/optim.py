@@ -26,17 +26,21 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     if hasattr(model, "layer_id"):
         ids = {n: int(model.layer_id(n)) for n in names}
         return ids, int(getattr(model, "num_layers", max(ids.values()) - 1))
+    paths = {n: _deepest_block(n) for n in names if _BLOCK.match(n)}
+    containers = set(paths.values())
+    # A block is a numbered container with no numbered container inside it (`layers.1` holds blocks).
+    leaves = {c for c in containers if not any(o.startswith(c + ".") for o in containers)}
     blocks: dict[str, int] = {}
     for name in names:
-        found = _BLOCK.match(name)
-        if found:
-            blocks.setdefault(_deepest_block(name), len(blocks) + 1)
+        if paths.get(name) in leaves:
+            blocks.setdefault(paths[name], len(blocks) + 1)
     depth = len(blocks)
+    in_block = [n for n in names if paths.get(n) in leaves]
+    last_block_param = names.index(in_block[-1]) if in_block else -1
     ids, current, seen_block = {}, 0, False
-    last_block_param = max((i for i, n in enumerate(names) if _BLOCK.match(n)), default=-1)
     for i, name in enumerate(names):
-        if _BLOCK.match(name):
-            current, seen_block = blocks[_deepest_block(name)], True
+        if paths.get(name) in leaves:
+            current, seen_block = blocks[paths[name]], True
             ids[name] = current
         elif not seen_block:
             ids[name] = 0
