@@ -43,7 +43,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.data.images import BadImageError, load_image
     from vitlab.data.transforms import eval_transform
     from vitlab.registry import create_model, get_entry
-
     from vitlab.train.checkpoint import read_model_spec
 
     entry = get_entry(args.model)
@@ -86,9 +85,9 @@ def _train_errors():
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vitlab.train.checkpoint import load_training_checkpoint
     from vitlab.train.config import FIELDS, load_yaml, make_config
     from vitlab.train.engine import CHECKPOINT, TrainingDiverged, train
-    from vitlab.train.checkpoint import load_training_checkpoint
 
     try:
         values: dict = {}
@@ -168,7 +167,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, tuple):
             parser.add_argument(flag, nargs=len(default), type=float, default=None, metavar="X", help=text)
         elif isinstance(default, dict):
-            parser.add_argument(flag, type=json.loads, default=None, metavar="JSON", help="JSON object, e.g. '{\"depth\": 6}'")
+            parser.add_argument(
+                flag, type=json.loads, default=None, metavar="JSON", help="JSON object, e.g. '{\"depth\": 6}'"
+            )
         elif isinstance(default, int) or name == "img_size":
             parser.add_argument(flag, type=int, default=None, help=text)
         elif isinstance(default, float) or name in ("clip_grad", "layer_decay", "drop_path"):

@@ -17,9 +17,12 @@ def test_convnet_params_by_hand():
     expected = sum(_conv_bn_params(a, b) + _conv_bn_params(b, b) for a, b in zip((3, 32, 64), widths, strict=True))
     expected += 128 * 1000 + 1000
     assert vitlab.model_info("convnet_small")["params"] == expected
-    assert vitlab.model_info("convnet_tiny")["params"] == sum(
-        _conv_bn_params(a, b) + _conv_bn_params(b, b) for a, b in zip((3, 16, 32), (16, 32, 64), strict=True)
-    ) + 64 * 1000 + 1000
+    assert (
+        vitlab.model_info("convnet_tiny")["params"]
+        == sum(_conv_bn_params(a, b) + _conv_bn_params(b, b) for a, b in zip((3, 16, 32), (16, 32, 64), strict=True))
+        + 64 * 1000
+        + 1000
+    )
 
 
 def test_vitc_params_by_hand():

@@ -28,14 +28,20 @@ def run(tmp_path_factory):
 def test_a_run_writes_everything(run):
     data, output = run
     names = {p.name for p in output.iterdir()}
-    assert {"checkpoint-last.pt", "model.safetensors", "summary.json", "metrics.csv", "config.yaml", "curves.png"} <= names
+    assert {
+        "checkpoint-last.pt",
+        "model.safetensors",
+        "summary.json",
+        "metrics.csv",
+        "config.yaml",
+        "curves.png",
+    } <= names
     summary = json.loads((output / "summary.json").read_text())
     for key in ("test_top1", "test_top5", "best_top1", "epochs", "train_seconds", "params"):
         assert key in summary
-    assert summary["epochs"] == 3 and summary["params"] == sum(
-        p.numel() for p in vitlab.create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, **TINY_VIT).parameters()
-    )
-    assert summary["test_top1"] > 50  # the bars are easy: far above the 25% of guessing among 4 classes
+    model = vitlab.create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, **TINY_VIT)
+    assert summary["epochs"] == 3 and summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["test_top1"] > 50  # the textures are easy: far above the 25% of guessing among 4 classes
     rows = (output / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss,val_loss,val_top1,val_top5,ema_val_top1") and len(rows) == 4
     assert (output / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -139,7 +145,9 @@ def test_bad_inputs_are_named_before_any_work(tmp_path, capsys):
     err = _error(capsys, ["eval", "--model", "vit_tiny_patch16_224", "--checkpoint", str(other), "--data", "mnist",
                           "--data-dir", str(data), "--img-size", "8"])  # fmt: skip
     assert "does not fit" in err
-    assert "unknown option 'lr_max'" in _error(capsys, [*train_args(data, out), "--config", _yaml(tmp_path, "lr_max: 1")])
+    assert "unknown option 'lr_max'" in _error(
+        capsys, [*train_args(data, out), "--config", _yaml(tmp_path, "lr_max: 1")]
+    )
     assert "label 12 of item 0 is out of range" in _error(capsys, train_args(_bad_labels(tmp_path), out))
     assert not out.exists()
 

@@ -18,8 +18,9 @@ from vitlab.train import checkpoint as ckpt
 # Every random part of the recipe is on: crops, flips, erasing, Mixup/CutMix, drop path, EMA,
 # and a checkpoint in the middle of each epoch as well as at its end.
 RANDOM_RECIPE = [
-    "--crop", "pad", "--crop-padding", "1", "--hflip", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--reprob", "0.5", "--drop-path", "0.1",
-    "--ema", "--ema-decay", "0.9", "--checkpoint-every", "3", "--clip-grad", "1.0",
+    "--crop", "pad", "--crop-padding", "1", "--hflip", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
+    "--reprob", "0.5", "--drop-path", "0.1", "--ema", "--ema-decay", "0.9", "--checkpoint-every", "3",
+    "--clip-grad", "1.0",
 ]  # fmt: skip
 
 

@@ -126,7 +126,9 @@ class TrainAugment(nn.Module):
 
         self.size, self.channels, self.crop, self.crop_padding = size, channels, crop, crop_padding
         self.hflip, self.reprob = hflip, reprob
-        self.rrc = K.RandomResizedCrop((size, size), scale=scale, ratio=ratio, resample="bicubic") if crop == "rrc" else None
+        self.rrc = (
+            K.RandomResizedCrop((size, size), scale=scale, ratio=ratio, resample="bicubic") if crop == "rrc" else None
+        )
         self.color = None
         if rand_augment:  # DeiT: colour jitter is not used when RandAugment is on
             from kornia.augmentation.auto import RandAugment

@@ -55,7 +55,9 @@ class ArrayDataset:
 
     def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], source: str):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DatasetError(f"{source}: expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+            raise DatasetError(
+                f"{source}: expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise DatasetError(f"{source}: {len(images)} images but {len(labels)} labels")
         check_labels(labels, len(classes), source)

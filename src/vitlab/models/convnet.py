@@ -52,9 +52,7 @@ class ConvNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(chs, num_classes) if num_classes else nn.Identity()
-        self.feature_info = [
-            dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)
-        ]
+        self.feature_info = [dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
         self.default_out_indices = tuple(range(len(widths)))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

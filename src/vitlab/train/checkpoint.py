@@ -6,6 +6,7 @@ lists and dicts only. Random states become tensors.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -36,10 +37,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

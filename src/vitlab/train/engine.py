@@ -67,7 +67,9 @@ class TrainModule(nn.Module):
         super().__init__()
         self.model, self.mixing, self.need_patches = model, mixing, need_patches
         if need_patches:
-            missing = [a for a in ("embed", "blocks", "run_block", "norm", "num_prefix_tokens") if not hasattr(model, a)]
+            missing = [
+                a for a in ("embed", "blocks", "run_block", "norm", "num_prefix_tokens") if not hasattr(model, a)
+            ]
             if missing:
                 raise ConfigError(
                     f"the patch diversification losses need a plain ViT-style model; {type(model).__name__} "
@@ -281,9 +283,11 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     teacher, teacher_entry = (None, None)
     if config.teacher:
         teacher, teacher_entry = build_teacher(config, num_classes, device)
-    distill = DistillationLoss(config.distillation, config.distillation_alpha, config.distillation_tau) if (
-        teacher is not None and config.distillation != "none"
-    ) else None
+    distill = (
+        DistillationLoss(config.distillation, config.distillation_alpha, config.distillation_tau)
+        if (teacher is not None and config.distillation != "none")
+        else None
+    )
     if teacher is not None and distill is None:
         raise ConfigError("a teacher was given but --distillation is none: pick soft or hard")
     need_patches = config.patch_cosine > 0 or config.patch_contrastive > 0 or config.patch_mixing > 0
@@ -446,7 +450,9 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
         lr = config.effective_lr()
         for step in range(first_step, steps):
             global_step = epoch * steps + step
-            lr = cosine_lr(global_step, total_steps, warmup_steps, config.effective_lr(), config.min_lr, config.warmup_lr)
+            lr = cosine_lr(
+                global_step, total_steps, warmup_steps, config.effective_lr(), config.min_lr, config.warmup_lr
+            )
             set_lr(optimizer, lr)
             step_loss = torch.zeros((), dtype=torch.float64)
             for micro in range(config.accum_steps):
@@ -610,7 +616,9 @@ def evaluate(
     load_checkpoint(model, checkpoint)
     model.to(info.device).eval()
     channels = input_channels(model)
-    evaluator = Evaluator(EvalPreprocess(img_size, entry.mean, entry.std, channels).to(info.device), batch_size, info, workers, progress)
+    evaluator = Evaluator(
+        EvalPreprocess(img_size, entry.mean, entry.std, channels).to(info.device), batch_size, info, workers, progress
+    )
     config = TrainConfig(amp=amp)
     metrics = evaluator(model, dataset, _autocast(config, info.device), f"evaluating {split}")
     metrics.update({"images": len(dataset), "split": split, "model": model_name})
