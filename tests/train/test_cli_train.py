@@ -190,3 +190,35 @@ def test_image_folders_with_a_bad_image(tmp_path, capsys):
     assert summary["train_images"] == 11
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
         assert json.loads(f.metadata()["class_names"]) == ["a", "b"]
+
+
+def test_distillation_diversity_fine_tuning_and_checkpointing_run(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=64)
+    teacher = tmp_path / "teacher"
+    assert (
+        main([*train_args(data, teacher, epochs=1), "--model", "convnet_tiny", "--model-args", '{"in_chans": 1}']) == 0
+    )
+    student_args = {**TINY_VIT, "distilled": True}
+    args = train_args(data, tmp_path / "student", epochs=1)
+    args[args.index("--model-args") + 1] = json.dumps(student_args)
+    distill = ["--teacher", "convnet_tiny", "--teacher-checkpoint", str(teacher / "model.safetensors")]
+    assert main([*args, *distill, "--distillation", "hard", "--grad-checkpointing", "--cutmix", "1.0"]) == 0
+    soft = train_args(data, tmp_path / "soft", epochs=1)
+    soft[soft.index("--model-args") + 1] = json.dumps(student_args)
+    assert main([*soft, *distill, "--distillation", "soft", "--distillation-tau", "3.0"]) == 0
+    # A teacher that does not fit its checkpoint is refused.
+    wrong = ["--teacher", "convnet_small", "--teacher-checkpoint", str(teacher / "model.safetensors")]
+    assert "does not fit ConvNet" in _error(
+        capsys, [*train_args(data, tmp_path / "x", epochs=1), *wrong, "--distillation", "hard"]
+    )
+    # Patch diversification (Gong et al.): all three losses together.
+    patch = ["--patch-cosine", "0.1", "--patch-contrastive", "0.1", "--patch-mixing", "0.5", "--cutmix", "1.0"]
+    assert main([*train_args(data, tmp_path / "diverse", epochs=1), *patch]) == 0
+    # Fine-tuning a checkpoint made for 5 classes on these 10, with layer-wise lr decay: the head is re-initialised.
+    source = tmp_path / "five.safetensors"
+    save_file(vitlab.create_model("vit_tiny_patch16_224", num_classes=5, img_size=8, **TINY_VIT).state_dict(), source)
+    with pytest.warns(UserWarning, match="classifier is freshly initialised"):
+        assert (
+            main([*train_args(data, tmp_path / "ft", epochs=1), "--pretrained", str(source), "--layer-decay", "0.7"])
+            == 0
+        )

@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from vitlab.checkpoint import CheckpointError, load_checkpoint
 from vitlab.data.augment import EvalPreprocess, Mixup, TrainAugment
-from vitlab.data.datasets import DatasetError, build_datasets, materialize
+from vitlab.data.datasets import (
+    KNOWN_DATASETS,
+    ArrayDataset,
+    DatasetError,
+    ImageFolderDataset,
+    build_datasets,
+    materialize,
+)
 from vitlab.data.loader import eval_batches, train_batches
 from vitlab.registry import create_model, get_entry
 from vitlab.train import checkpoint as ckpt
@@ -237,28 +244,24 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     # Data, checked before anything is trained.
     entry = get_entry(config.model)
     img_size = config.img_size
-    data = build_datasets(config.data, config.data_dir, folder_size=1, val_fraction=config.val_fraction)
-    from vitlab.data.datasets import ArrayDataset, ImageFolderDataset
-
+    if img_size is None and config.data.lower() not in KNOWN_DATASETS:
+        img_size = entry.input_size[1]
+    load_size = math.ceil(img_size / entry.crop_pct) if img_size else 1  # array datasets keep their own size
+    data = build_datasets(config.data, config.data_dir, folder_size=load_size, val_fraction=config.val_fraction)
     if img_size is None:
-        img_size = data.train.size[0] if isinstance(data.train, ArrayDataset) else entry.input_size[1]
+        img_size = data.train.size[0]
     skipped: list[str] = []
-    if isinstance(data.train, ImageFolderDataset):
-        load_size = math.ceil(img_size / entry.crop_pct)
-        data = build_datasets(config.data, config.data_dir, folder_size=load_size, val_fraction=config.val_fraction)
-        if config.check_images:
-            splits = {}
-            for split in ("train", "val", "test"):
-                dataset = getattr(data, split)
-                if id(dataset) in splits:
-                    setattr(data, split, splits[id(dataset)])
-                    continue
+    if isinstance(data.train, ImageFolderDataset) and config.check_images:
+        checked_splits: dict[int, ArrayDataset | ImageFolderDataset] = {}
+        for split in ("train", "val", "test"):
+            dataset = getattr(data, split)
+            if id(dataset) not in checked_splits:
                 checked, bad = materialize(dataset, config.workers, config.skip_bad_images, progress=progress)
-                splits[id(dataset)] = checked
-                setattr(data, split, checked)
+                checked_splits[id(dataset)] = checked
                 skipped += bad
-            if skipped:
-                _log(info, f"skipped {len(skipped)} unreadable images (see summary.json)")
+            setattr(data, split, checked_splits[id(dataset)])
+    if skipped:
+        _log(info, f"skipped {len(skipped)} unreadable images (see summary.json)")
     per_step = info.world_size * config.accum_steps
     if config.batch_size % per_step:
         raise ConfigError(
@@ -598,16 +601,13 @@ def evaluate(
     if not model_name:
         raise ConfigError(f"{checkpoint} does not say which model it holds: pass --model NAME")
     entry = get_entry(model_name)
-    probe = build_datasets(data, data_dir, folder_size=1)
-    from vitlab.data.datasets import ArrayDataset
-
+    if img_size is None and model_name == saved_name:
+        img_size = saved_args.get("img_size")
+    if img_size is None and data.lower() not in KNOWN_DATASETS:
+        img_size = entry.input_size[1]
+    splits = build_datasets(data, data_dir, folder_size=math.ceil(img_size / entry.crop_pct) if img_size else 1)
     if img_size is None:
-        img_size = saved_args.get("img_size") if model_name == saved_name else None
-    if img_size is None:
-        img_size = probe.train.size[0] if isinstance(probe.train, ArrayDataset) else entry.input_size[1]
-    splits = probe
-    if not isinstance(probe.train, ArrayDataset):
-        splits = build_datasets(data, data_dir, folder_size=math.ceil(img_size / entry.crop_pct))
+        img_size = splits.train.size[0]
     dataset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     args = {**(saved_args if model_name == saved_name else {}), "num_classes": len(splits.classes)}
     if _builder_accepts(model_name, "img_size"):
