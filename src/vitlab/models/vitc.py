@@ -13,6 +13,7 @@ have no public reference implementation); their state dict is vitlab's own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -23,21 +24,25 @@ from vitlab.registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 
 
 class ConvStem(nn.Module):
-    """3x3 stride-2 conv-BN-ReLU per entry of `channels`, then a 1x1 conv to `embed_dim` (Xiao et al., sec. 3).
+    """A 3x3 conv-BN-ReLU per entry of `channels` (stride 2 unless `strides` says otherwise), then a
+    1x1 conv to `embed_dim` (Xiao et al., section 3).
 
     Same interface as PatchEmbed: (B, C, H, W) -> tokens (B, N, D) and the grid (H', W'), with a
-    total stride of 2 ** len(channels) (`patch_size`); sides that do not divide are zero-padded.
+    total stride (`patch_size`) of the product of the strides; sides that do not divide are zero-padded.
     """
 
-    def __init__(self, channels: Sequence[int], in_chans: int, embed_dim: int):
+    def __init__(self, channels: Sequence[int], in_chans: int, embed_dim: int, strides: Sequence[int] | None = None):
         super().__init__()
+        strides = list(strides) if strides is not None else [2] * len(channels)
+        if len(strides) != len(channels):
+            raise ValueError(f"{len(channels)} stem channels but {len(strides)} strides")
         layers, chs = [], in_chans
-        for width in channels:
-            layers += [nn.Conv2d(chs, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        for width, stride in zip(channels, strides, strict=True):
+            layers += [nn.Conv2d(chs, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             chs = width
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(chs, embed_dim, 1)
-        self.patch_size = to_2tuple(2 ** len(channels))
+        self.patch_size = to_2tuple(math.prod(strides))
         self.in_chans = in_chans
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -48,11 +53,19 @@ class ConvStem(nn.Module):
 
 
 class ConvStemViT(VisionTransformer):
-    """VisionTransformer whose patch embedding is a `ConvStem` with `stem_channels`."""
+    """VisionTransformer whose patch embedding is a `ConvStem` with `stem_channels` and `stem_strides`."""
 
-    def __init__(self, stem_channels: Sequence[int] = (32, 64), in_chans: int = 3, embed_dim: int = 192, **kwargs):
-        super().__init__(patch_size=2 ** len(stem_channels), in_chans=in_chans, embed_dim=embed_dim, **kwargs)
-        self.patch_embed = ConvStem(stem_channels, in_chans, embed_dim)
+    def __init__(
+        self,
+        stem_channels: Sequence[int] = (32, 64),
+        stem_strides: Sequence[int] | None = None,
+        in_chans: int = 3,
+        embed_dim: int = 192,
+        **kwargs,
+    ):
+        stride = math.prod(stem_strides) if stem_strides is not None else 2 ** len(stem_channels)
+        super().__init__(patch_size=stride, in_chans=in_chans, embed_dim=embed_dim, **kwargs)
+        self.patch_embed = ConvStem(stem_channels, in_chans, embed_dim, stem_strides)
 
 
 _REFERENCE = "ViT_C: Xiao et al. 2021 (convolutional stem); small-image configuration of vitlab"
