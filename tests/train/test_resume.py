@@ -41,15 +41,15 @@ def _run_until_killed(args, output, min_rows):
 
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     data = write_mnist(tmp_path / "data", train=64)
-    epochs = 12
+    epochs = 8
     reference = tmp_path / "reference"
     assert main(train_args(data, reference, *RANDOM_RECIPE, epochs=epochs)) == 0
 
     killed = tmp_path / "killed"
     args = train_args(data, killed, *RANDOM_RECIPE, epochs=epochs)
-    _run_until_killed(args, killed, min_rows=3)
+    _run_until_killed(args, killed, min_rows=2)
     state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
-    assert 3 <= state["epoch"] < epochs
+    assert 2 <= state["epoch"] < epochs
     assert main([*args, "--resume"]) == 0
 
     expected, actual = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
