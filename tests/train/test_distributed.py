@@ -11,6 +11,7 @@ so it is off here; a model with BatchNorm would also differ (statistics per proc
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,9 +34,18 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "vitlab", *train_args(data, double, *settings, epochs=2, batch=16),
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in result.stdout
+    # Its own session, so that a hang kills torchrun's workers too, not just torchrun.
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in stdout
 
     one, two = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
     dim = TINY_VIT["embed_dim"]

@@ -118,7 +118,9 @@ def input_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
-def build_model(config: TrainConfig, num_classes: int, img_size: int) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(
+    config: TrainConfig, num_classes: int, img_size: int, load_pretrained: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """The student, with the constructor arguments to rebuild it (stored with the final weights)."""
     args = dict(config.model_args)
     args["num_classes"] = num_classes
@@ -127,7 +129,8 @@ def build_model(config: TrainConfig, num_classes: int, img_size: int) -> tuple[n
     if config.drop_path is not None:
         args["drop_path_rate"] = config.drop_path
     try:
-        model = create_model(config.model, pretrained=config.pretrained or False, **args)
+        pretrained = config.pretrained if load_pretrained and config.pretrained else False
+        model = create_model(config.model, pretrained=pretrained, **args)
     except TypeError as err:
         raise ConfigError(f"model {config.model} does not take these arguments {sorted(args)}: {err}") from err
     return model, args
@@ -278,7 +281,7 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     total_steps, warmup_steps = config.epochs * steps, round(config.warmup_epochs * steps)
 
     # Model, teacher, losses, optimiser.
-    model, model_args = build_model(config, num_classes, img_size)
+    model, model_args = build_model(config, num_classes, img_size, load_pretrained=state is None)
     channels = input_channels(model)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
