@@ -190,6 +190,13 @@ def test_image_folders_with_a_bad_image(tmp_path, capsys):
     assert summary["train_images"] == 11
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
         assert json.loads(f.metadata()["class_names"]) == ["a", "b"]
+    capsys.readouterr()
+    model = str(tmp_path / "out" / "model.safetensors")
+    assert main(["eval", "--checkpoint", model, "--data", str(tmp_path / "imgs"), "--split", "val"]) == 0
+    assert "(val, 4 images): top-1" in capsys.readouterr().out
+    assert f"cannot read image {broken}" in _error(
+        capsys, ["eval", "--checkpoint", model, "--data", str(tmp_path / "imgs"), "--split", "train"]
+    )
 
 
 def test_distillation_diversity_fine_tuning_and_checkpointing_run(tmp_path, capsys):
