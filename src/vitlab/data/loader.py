@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from vitlab.data.datasets import ArrayDataset, ImageFolderDataset
+from vitlab.data.datasets import ArrayDataset, ImageFolderDataset, load_fixed_size
+from vitlab.data.images import BadImageError
 
 Dataset = ArrayDataset | ImageFolderDataset
 
@@ -72,19 +73,47 @@ def eval_batches(
 
 
 def load(dataset: Dataset, plan: list[Tensor], workers: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches of `plan` (lists of indices); a file that cannot be decoded raises BadImageError here,
+    in the main process, naming the file (an error raised inside a worker would lose its type).
+    """
     if isinstance(dataset, ArrayDataset):
         for indices in plan:
             yield dataset.get_batch(indices)
         return
     loader = torch.utils.data.DataLoader(
-        dataset,
+        _Decoded(dataset),
         batch_sampler=[p.tolist() for p in plan],
         num_workers=workers,
-        persistent_workers=False,
+        collate_fn=_collate,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(0),  # the main RNG streams stay untouched
     )
-    yield from loader
+    for images, labels, errors in loader:
+        if errors:
+            raise BadImageError(*errors[0])
+        yield images, labels
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageFolderDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str, str | None]:
+        path = self.dataset.files[index]
+        try:
+            return load_fixed_size(path, self.dataset.size[0]), int(self.dataset.labels[index]), str(path), None
+        except BadImageError as err:
+            return None, int(self.dataset.labels[index]), str(path), str(err).split(": ", 1)[-1]
+
+
+def _collate(items: list) -> tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]:
+    errors = [(path, error) for _, _, path, error in items if error is not None]
+    if errors:
+        return None, None, errors
+    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items]), []
 
 
 def steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
