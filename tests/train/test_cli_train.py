@@ -60,6 +60,9 @@ def test_eval_prints_the_test_accuracy(run, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"top-1 {summary['test_top1']:.2f}%" in out and f"top-5 {summary['test_top5']:.2f}%" in out
+    # The training checkpoint evaluates too (its raw weights, not the EMA's).
+    args[2] = str(output / "checkpoint-last.pt")
+    assert main(args) == 0 and "top-1" in capsys.readouterr().out
 
 
 def test_predict_reads_the_model_from_the_run(run, tmp_path, capsys):
@@ -115,7 +118,7 @@ def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
     err = capsys.readouterr().err
     assert "loss became nan at step 6 (epoch 2, batch 2 of 4)" in err and "epoch 1" in err
     state = torch.load(tmp_path / "out" / "checkpoint-last.pt", weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["module"].values())
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

@@ -58,8 +58,8 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
         assert torch.equal(expected[key], actual[key]), key
     ref_state = torch.load(reference / "checkpoint-last.pt", weights_only=True)
     new_state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
-    for key in ref_state["module"]:
-        assert torch.equal(ref_state["module"][key], new_state["module"][key]), key
+    for key in ref_state["model"]:
+        assert torch.equal(ref_state["model"][key], new_state["model"][key]), key
     assert (reference / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6] == (
         (killed / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6]
     )
@@ -92,7 +92,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     data = write_mnist(tmp_path / "data")
     assert main(train_args(data, tmp_path / "run", "--ema", epochs=1)) == 0
     state = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
-    assert {"module", "optimizer", "ema", "rng", "config", "epoch", "history"} <= state.keys()
+    assert {"model", "optimizer", "ema", "rng", "config", "epoch", "history"} <= state.keys()
     assert isinstance(state["rng"][0]["torch"], torch.Tensor)
 
 

@@ -345,7 +345,9 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     start_epoch, start_step, history, train_seconds, partial = 0, 0, [], 0.0, [0.0, 0]
     best_top1 = -1.0
     if state is not None:
-        module.load_state_dict(state["module"])
+        model.load_state_dict(state["model"])
+        if mixing is not None:
+            mixing.load_state_dict(state["patch_mixing"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -391,7 +393,7 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
             "config": config.to_dict(),
             "epoch": epoch,
             "step": step,
-            "module": module.state_dict(),
+            "model": model.state_dict(),  # plain keys: `vitlab eval --checkpoint` reads this file too
             "optimizer": optimizer.state_dict(),
             "rng": rng,
             "history": history,
@@ -402,6 +404,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
             "model_args": _json_safe(model_args),
             "skipped_images": skipped,
         }
+        if mixing is not None:
+            payload["patch_mixing"] = mixing.state_dict()
         if ema is not None:
             payload["ema"] = ema.state_dict()
         if scaler is not None:
