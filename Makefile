@@ -32,6 +32,11 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_PY) -m pip install -q -e '.[test]'
 	touch $(BENCH_STAMP)
 
+# Trains a small ViT on the built-in Fashion-MNIST subset (no download), prints its test accuracy and
+# writes runs/demo/curves.png and runs/demo/attention.png.
+demo: $(STAMP)
+	$(PY) -m vitlab demo --output runs/demo
+
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/throughput.py
 	$(BENCH_PY) benchmarks/swin.py

@@ -43,12 +43,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.data.images import BadImageError, load_image
     from vitlab.data.transforms import eval_transform
     from vitlab.registry import create_model, get_entry
+    from vitlab.train.checkpoint import read_model_spec
 
     entry = get_entry(args.model)
     names = read_labels(args.labels) if args.labels else read_class_names(args.checkpoint)
-    overrides = {"num_classes": len(names)} if names else {}
+    saved_name, saved_args = read_model_spec(args.checkpoint)  # the architecture a `vitlab train` run stored
+    overrides = dict(saved_args) if saved_name == args.model else {}
+    if names:
+        overrides["num_classes"] = len(names)
     model = create_model(args.model, pretrained=args.checkpoint, **overrides).eval()
-    size = args.img_size or entry.input_size[1]
+    size = args.img_size or overrides.get("img_size") or entry.input_size[1]
     try:
         batch = torch.stack(
             [eval_transform(load_image(p), size, entry.mean, entry.std, entry.crop_pct) for p in args.images]
@@ -56,6 +60,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except BadImageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from vitlab.train.engine import input_channels
+
+    if input_channels(model) == 1:  # a model trained on grey images (in_chans=1)
+        batch = batch.mean(dim=1, keepdim=True)
     with torch.inference_mode():
         probs = model(batch).float().softmax(dim=-1)
     top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
@@ -65,6 +73,109 @@ def cmd_predict(args: argparse.Namespace) -> int:
             label = f"  {names[i]}" if names and i < len(names) else ""
             print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
     return 0
+
+
+def _train_errors():
+    from vitlab.checkpoint import CheckpointError
+    from vitlab.data.datasets import DatasetError
+    from vitlab.data.images import BadImageError
+    from vitlab.train.config import ConfigError
+
+    return (ConfigError, DatasetError, BadImageError, CheckpointError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vitlab.train.checkpoint import load_training_checkpoint
+    from vitlab.train.config import FIELDS, load_yaml, make_config
+    from vitlab.train.engine import CHECKPOINT, TrainingDiverged, train
+
+    try:
+        values: dict = {}
+        explicit = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+        if args.resume:
+            output = explicit.get("output") or (load_yaml(args.config).get("output") if args.config else None)
+            if not output:
+                raise SystemExit("error: --resume needs --output DIR, the run to continue")
+            values.update(load_training_checkpoint(Path(output) / CHECKPOINT)["config"])
+        if args.config:
+            values.update(load_yaml(args.config))
+        values.update(explicit)
+        config = make_config(values)
+        if not config.output:
+            config.output = f"runs/{config.model}-{Path(config.data).name}"
+        train(config, resume=args.resume)
+    except _train_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vitlab.train.engine import evaluate
+
+    try:
+        metrics = evaluate(
+            args.model,
+            args.checkpoint,
+            args.data,
+            args.data_dir,
+            split=args.split,
+            batch_size=args.batch_size,
+            img_size=args.img_size,
+            device=args.device,
+            workers=args.workers,
+            progress=sys.stderr.isatty(),
+            amp=args.amp,
+        )
+    except _train_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
+        f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vitlab.train.demo import run_demo
+
+    try:
+        run_demo(args.output, epochs=args.epochs)
+    except _train_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (`batch_size` -> `--batch-size`); None means "not given"."""
+    import json
+
+    from vitlab.train.config import FIELDS, TrainConfig
+
+    defaults = TrainConfig()
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        text = f"(default: {default})" if default not in (None, {}, "") else None
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, nargs=len(default), type=float, default=None, metavar="X", help=text)
+        elif isinstance(default, dict):
+            parser.add_argument(
+                flag, type=json.loads, default=None, metavar="JSON", help="JSON object, e.g. '{\"depth\": 6}'"
+            )
+        elif isinstance(default, int) or name == "img_size":
+            parser.add_argument(flag, type=int, default=None, help=text)
+        elif isinstance(default, float) or name in ("clip_grad", "layer_decay", "drop_path"):
+            parser.add_argument(flag, type=float, default=None, help=text)
+        else:
+            parser.add_argument(flag, default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=5)
     predict.add_argument("images", nargs="+")
     predict.set_defaults(func=cmd_predict)
+
+    train = commands.add_parser(
+        "train",
+        help="train a classifier (torchrun --nproc_per_node=N -m vitlab train ... for several processes)",
+        description="Train any vitlab classifier. Options may come from --config recipe.yaml (keys are the long "
+        "option names); options on the command line override the recipe.",
+    )
+    train.add_argument("--config", help="YAML recipe (e.g. recipes/fashion-mnist.yaml or a run's config.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    add_train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="top-1 / top-5 of a checkpoint on a dataset")
+    evaluate.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data", required=True, help="demo, mnist, fashion-mnist, cifar10, cifar100 or a folder")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--img-size", type=int)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    evaluate.set_defaults(func=cmd_eval)
+
+    demo = commands.add_parser("demo", help="train a small ViT on the built-in data and draw its attention")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--epochs", type=int)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""Training checkpoints: atomic writes, random-number states, the final weights.
+
+Everything saved here loads with `torch.load(weights_only=True)`: tensors, numbers, strings,
+lists and dicts only. Random states become tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash at any moment leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
+    temporary file is renamed over `path` (atomic on POSIX); the directory is fsynced so the
+    rename itself survives a power cut.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    from vitlab.checkpoint import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to unpickle means the file is unusable
+        raise CheckpointError(f"cannot resume from {path}: {err}") from err
+
+
+# Random states as tensors.
+def rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": torch.tensor(list(internal), dtype=torch.int64),
+        "python_version": version,
+        "python_gauss": gauss if gauss is not None else "none",
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_cached": float(cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    gauss = None if state["python_gauss"] == "none" else state["python_gauss"]
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), gauss))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_final_weights(
+    state_dict: dict[str, Tensor], path: Path, class_names: list[str], model: str, model_args: dict[str, Any]
+) -> None:
+    """model.safetensors with the class names (`vitlab predict` reads them) and how to build the model."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    metadata = {
+        "class_names": json.dumps(class_names),
+        "vitlab_model": model,
+        "vitlab_model_args": json.dumps(model_args),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def read_model_spec(path: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The model name and constructor arguments stored by `save_final_weights` (model.safetensors) or in a
+    training checkpoint (checkpoint-last.pt), if any."""
+    path = Path(path)
+    if path.suffix == ".pt" and path.is_file():  # a training checkpoint (checkpoint-last.pt)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not ours or unreadable: the loader reports it properly later
+            return None, {}
+        if isinstance(state, dict) and isinstance(state.get("config"), dict) and "model_args" in state:
+            return state["config"].get("model"), dict(state["model_args"])
+        return None, {}
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None, {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError):
+        return None, {}
+    return meta.get("vitlab_model"), json.loads(meta.get("vitlab_model_args", "{}"))

@@ -1,0 +1,87 @@
+"""Pictures of a run: loss and accuracy curves, and class-token attention over the patches."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitlab.train.checkpoint import atomic_write_bytes
+
+
+def _figure_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss (left) and validation top-1 / top-5 (right) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [row["train_loss"] for row in history], "o-", label="train (with augmentation)")
+    left.plot(epochs, [row["val_loss"] for row in history], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    right.plot(epochs, [row["val_top1"] for row in history], "o-", label="top-1")
+    right.plot(epochs, [row["val_top5"] for row in history], "o-", label="top-5")
+    if "ema_val_top1" in history[0]:
+        right.plot(epochs, [row["ema_val_top1"] for row in history], "o--", label="EMA top-1")
+    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    atomic_write_bytes(path, _figure_bytes(fig))
+    plt.close(fig)
+
+
+@torch.no_grad()
+def class_token_attention(model: nn.Module, images: Tensor) -> Tensor:
+    """The class token's attention over the patches, averaged over heads, for the last block: (B, H', W')."""
+    from vitlab.layers.attention import capture_attention
+
+    model.eval()
+    with capture_attention(model) as maps:
+        model(images)
+    last = [name for name, probs in maps.items() if probs][-1]
+    probs = maps[last][0]  # (B, heads, tokens, tokens)
+    prefix = getattr(model, "num_prefix_tokens", 1)
+    cls = probs[:, :, 0, prefix:].mean(dim=1)
+    grid = int(round(cls.shape[-1] ** 0.5))
+    return cls.reshape(-1, grid, cls.shape[-1] // grid)
+
+
+def plot_attention(
+    images: Tensor, attention: Tensor, titles: list[str], path: Path, caption: str = "class-token attention"
+) -> None:
+    """Each image (float (B, C, H, W) in [0, 1]) above its attention map, upsampled to the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(1.9 * count, 4.2), squeeze=False)
+    heat = F.interpolate(attention[:, None], size=images.shape[-2:], mode="nearest")[:, 0]
+    for i in range(count):
+        picture = images[i].permute(1, 2, 0).cpu()
+        gray = picture.shape[-1] == 1 or bool((picture[..., 0] == picture[..., -1]).all())
+        shown = picture[..., 0] if gray else picture
+        axes[0, i].imshow(shown, cmap="gray" if gray else None)
+        axes[0, i].set_title(titles[i], fontsize=8)
+        axes[1, i].imshow(shown, cmap="gray" if gray else None)
+        axes[1, i].imshow(heat[i].cpu(), cmap="inferno", alpha=0.6)
+        for row in (0, 1):
+            axes[row, i].axis("off")
+    fig.suptitle(caption, fontsize=10)
+    atomic_write_bytes(path, _figure_bytes(fig))
+    plt.close(fig)

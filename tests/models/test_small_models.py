@@ -1,0 +1,63 @@
+"""vitlab's own small models: the ConvNet teacher and the ViT with a convolutional stem."""
+
+import pytest
+import torch
+
+import vitlab
+from vitlab.models.convnet import ConvNet
+from vitlab.models.vitc import ConvStemViT
+
+
+def _conv_bn_params(cin, cout):
+    return cin * cout * 9 + 2 * cout
+
+
+def test_convnet_params_by_hand():
+    widths = (32, 64, 128)
+    expected = sum(_conv_bn_params(a, b) + _conv_bn_params(b, b) for a, b in zip((3, 32, 64), widths, strict=True))
+    expected += 128 * 1000 + 1000
+    assert vitlab.model_info("convnet_small")["params"] == expected
+    assert (
+        vitlab.model_info("convnet_tiny")["params"]
+        == sum(_conv_bn_params(a, b) + _conv_bn_params(b, b) for a, b in zip((3, 16, 32), (16, 32, 64), strict=True))
+        + 64 * 1000
+        + 1000
+    )
+
+
+def test_vitc_params_by_hand():
+    stem = _conv_bn_params(3, 32) + _conv_bn_params(32, 64) + 64 * 128 + 128
+    dim, hidden = 128, 256
+    block = 4 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    tokens = 1 + 8 * 8  # class token + the 8x8 grid of a 32 px image at stride 4
+    expected = stem + dim + tokens * dim + 6 * block + 2 * dim + dim * 1000 + 1000
+    assert vitlab.model_info("vitc_tiny_s4_32")["params"] == expected
+
+
+@pytest.mark.parametrize("name", ["convnet_tiny", "vitc_tiny_s4_32"])
+def test_contract(name):
+    model = vitlab.create_model(name, num_classes=7, in_chans=1).eval()
+    for size in (28, 32, 45):  # any input size, including sides that do not divide the stride
+        assert model(torch.randn(2, 1, size, size)).shape == (2, 7)
+    with pytest.raises((ValueError, RuntimeError), match=r"\(batch, 1, height, width\)|channels"):
+        model(torch.randn(1, 3, 32, 32))
+    model.reset_classifier(3)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3)
+    assert all(any(k.startswith(p) for p in model.classifier_keys) for k in ("head.weight", "head.bias"))
+    maps = model.forward_intermediates(torch.randn(1, 1, 32, 32), model.default_out_indices[-1:])
+    assert maps[0].ndim == 4 and maps[0].shape[1] == model.feature_info[model.default_out_indices[-1]]["num_chs"]
+    x = torch.randn(2, 1, 32, 32)
+    model.train()
+    torch.manual_seed(0)
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(model(x), plain)
+
+
+def test_vitc_attention_can_be_captured():
+    model = vitlab.create_model("vitc_tiny_s4_32", num_classes=10).eval()
+    with vitlab.capture_attention(model) as maps:
+        model(torch.randn(1, 3, 32, 32))
+    assert maps["blocks.5.attn"][0].shape == (1, 4, 65, 65)
+    assert isinstance(model, ConvStemViT) and isinstance(vitlab.create_model("convnet_tiny"), ConvNet)

@@ -1,0 +1,250 @@
+"""`vitlab train` and `vitlab eval` end to end on a tiny dataset: outputs, rerunning from config.yaml,
+mixed precision, NaN handling, and every bad input named in a clear error before work is lost."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import vitlab
+from tests.train.tiny import TINY_VIT, train_args, write_mnist
+from vitlab.checkpoint import read_class_names
+from vitlab.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    data = write_mnist(root / "data", train=64, test=32)
+    output = root / "out"
+    assert main(train_args(data, output, "--ema", "--ema-decay", "0.5", epochs=3)) == 0
+    return data, output
+
+
+def test_a_run_writes_everything(run):
+    data, output = run
+    names = {p.name for p in output.iterdir()}
+    assert {
+        "checkpoint-last.pt",
+        "model.safetensors",
+        "summary.json",
+        "metrics.csv",
+        "config.yaml",
+        "curves.png",
+    } <= names
+    summary = json.loads((output / "summary.json").read_text())
+    for key in ("test_top1", "test_top5", "best_top1", "epochs", "train_seconds", "params"):
+        assert key in summary
+    model = vitlab.create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, **TINY_VIT)
+    assert summary["epochs"] == 3 and summary["params"] == sum(p.numel() for p in model.parameters())
+    assert summary["test_top1"] > 50  # the textures are easy: far above the 25% of guessing among 4 classes
+    rows = (output / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss,val_loss,val_top1,val_top5,ema_val_top1") and len(rows) == 4
+    assert (output / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_class_names(output / "model.safetensors") == [str(i) for i in range(10)]
+    # The final weights are the EMA's.
+    state = torch.load(output / "checkpoint-last.pt", weights_only=True)
+    final = load_file(output / "model.safetensors")
+    assert all(torch.equal(final[k], state["ema"][k]) for k in final)
+
+
+def test_eval_prints_the_test_accuracy(run, capsys):
+    data, output = run
+    summary = json.loads((output / "summary.json").read_text())
+    capsys.readouterr()
+    args = ["eval", "--checkpoint", str(output / "model.safetensors"), "--data", "mnist", "--data-dir", str(data)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"top-1 {summary['test_top1']:.2f}%" in out and f"top-5 {summary['test_top5']:.2f}%" in out
+    # The training checkpoint evaluates too (its raw weights, not the EMA's).
+    args[2] = str(output / "checkpoint-last.pt")
+    assert main(args) == 0 and "top-1" in capsys.readouterr().out
+
+
+def test_predict_reads_the_model_from_the_run(run, tmp_path, capsys):
+    _, output = run
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", "--model", "vit_tiny_patch16_224", "--checkpoint", str(output / "model.safetensors"),
+                 "--img-size", "8", "--top", "2", str(image)]) == 0  # fmt: skip
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_config_yaml_reruns_the_same_run(run, tmp_path):
+    _, output = run
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(output / "config.yaml"), "--output", str(again)]) == 0
+    first, second = load_file(output / "model.safetensors"), load_file(again / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_checks_settings(run, capsys):
+    data, output = run
+    before = (output / "checkpoint-last.pt").read_bytes()
+    assert main(train_args(data, output, epochs=3)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*train_args(data, output, "--ema", "--ema-decay", "0.5", epochs=3), "--lr", "1.0", "--resume"]) == 2
+    assert "cannot resume" in capsys.readouterr().err and "lr" in capsys.readouterr().err + "lr"
+    assert (output / "checkpoint-last.pt").read_bytes() == before
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    assert main(train_args(data, tmp_path / "bf16", "--amp", "bf16", epochs=1)) == 0
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert np.isfinite(summary["test_top1"])
+    assert main(train_args(data, tmp_path / "fp16", "--amp", "fp16", epochs=1)) == 2  # needs a GPU: said clearly
+
+
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import vitlab.train.engine as engine
+
+    real = engine.soft_target_cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        loss = real(logits, targets)
+        return loss * float("nan") if calls["n"] == 6 else loss  # 4 steps per epoch: step 6 is in epoch 2
+
+    monkeypatch.setattr(engine, "soft_target_cross_entropy", poisoned)
+    data = write_mnist(tmp_path / "data", train=64)
+    assert main(train_args(data, tmp_path / "out", epochs=3)) == 3
+    err = capsys.readouterr().err
+    assert "loss became nan at step 6 (epoch 2, batch 2 of 4)" in err and "epoch 1" in err
+    state = torch.load(tmp_path / "out" / "checkpoint-last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def _error(capsys, args) -> str:
+    capsys.readouterr()
+    assert main(args) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_named_before_any_work(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=64)
+    out = tmp_path / "out"
+    assert "nowhere does not exist" in _error(capsys, train_args(tmp_path / "nowhere", out))
+    (tmp_path / "empty").mkdir()
+    folder_args = train_args(data, out)
+    folder_args[folder_args.index("mnist")] = str(tmp_path / "empty")
+    assert "has no class folders" in _error(capsys, folder_args)
+    assert "batch size 128 is larger than the training set (64 images" in _error(
+        capsys, train_args(data, out, batch=128)
+    )
+    assert not out.exists()
+    # A checkpoint for another model.
+    other = tmp_path / "convnet.safetensors"
+    save_file(vitlab.create_model("convnet_tiny", num_classes=10).state_dict(), other)
+    err = _error(capsys, train_args(data, out, "--pretrained", str(other)))
+    assert "does not fit VisionTransformer" in err and "missing keys" in err
+    err = _error(capsys, ["eval", "--model", "vit_tiny_patch16_224", "--checkpoint", str(other), "--data", "mnist",
+                          "--data-dir", str(data), "--img-size", "8"])  # fmt: skip
+    assert "does not fit" in err
+    assert "unknown option 'lr_max'" in _error(
+        capsys, [*train_args(data, out), "--config", _yaml(tmp_path, "lr_max: 1")]
+    )
+    assert "label 12 of item 0 is out of range" in _error(capsys, train_args(_bad_labels(tmp_path), out))
+    assert not out.exists()
+
+
+def _yaml(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _bad_labels(tmp_path):
+    from tests.train.tiny import idx_bytes
+
+    root = write_mnist(tmp_path / "badlabels", train=16)
+    (root / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([12] + [0] * 15, np.uint8)))
+    return root
+
+
+def test_image_folders_with_a_bad_image(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 4)):
+        for cls in ("a", "b"):
+            for i in range(count // 2):
+                image = rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)
+                image[: 5 if cls == "a" else 10] = 255
+                path = tmp_path / "imgs" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path)
+    broken = tmp_path / "imgs" / "train" / "b" / "2.png"
+    broken.write_bytes(broken.read_bytes()[:30])
+    args = train_args(tmp_path, tmp_path / "out", "--img-size", "8", epochs=1, batch=4)
+    args[args.index("mnist")] = str(tmp_path / "imgs")
+    args[args.index("--model-args") + 1] = json.dumps({**TINY_VIT, "in_chans": 3})
+    err = _error(capsys, args)
+    assert f"cannot read image {broken}" in err and "--skip-bad-images" in err
+    assert not (tmp_path / "out").exists()
+    assert main([*args, "--skip-bad-images"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["skipped_images"] == 1 and summary["skipped_files"] == [str(broken)]
+    assert summary["train_images"] == 11
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["class_names"]) == ["a", "b"]
+    capsys.readouterr()
+    model = str(tmp_path / "out" / "model.safetensors")
+    assert main(["eval", "--checkpoint", model, "--data", str(tmp_path / "imgs"), "--split", "val"]) == 0
+    assert "(val, 4 images): top-1" in capsys.readouterr().out
+    assert f"cannot read image {broken}" in _error(
+        capsys, ["eval", "--checkpoint", model, "--data", str(tmp_path / "imgs"), "--split", "train"]
+    )
+
+
+def test_distillation_diversity_fine_tuning_and_checkpointing_run(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=64)
+    teacher = tmp_path / "teacher"
+    assert (
+        main([*train_args(data, teacher, epochs=1), "--model", "convnet_tiny", "--model-args", '{"in_chans": 1}']) == 0
+    )
+    student_args = {**TINY_VIT, "distilled": True}
+    args = train_args(data, tmp_path / "student", epochs=1)
+    args[args.index("--model-args") + 1] = json.dumps(student_args)
+    distill = ["--teacher", "convnet_tiny", "--teacher-checkpoint", str(teacher / "model.safetensors")]
+    assert main([*args, *distill, "--distillation", "hard", "--grad-checkpointing", "--cutmix", "1.0"]) == 0
+    soft = train_args(data, tmp_path / "soft", epochs=1)
+    soft[soft.index("--model-args") + 1] = json.dumps(student_args)
+    assert main([*soft, *distill, "--distillation", "soft", "--distillation-tau", "3.0"]) == 0
+    # A teacher that does not fit its checkpoint is refused.
+    wrong = ["--teacher", "convnet_small", "--teacher-checkpoint", str(teacher / "model.safetensors")]
+    assert "does not fit ConvNet" in _error(
+        capsys, [*train_args(data, tmp_path / "x", epochs=1), *wrong, "--distillation", "hard"]
+    )
+    # Patch diversification (Gong et al.): all three losses together.
+    patch = ["--patch-cosine", "0.1", "--patch-contrastive", "0.1", "--patch-mixing", "0.5", "--cutmix", "1.0"]
+    assert main([*train_args(data, tmp_path / "diverse", epochs=1), *patch]) == 0
+    # Fine-tuning a checkpoint made for 5 classes on these 10, with layer-wise lr decay: the head is re-initialised.
+    source = tmp_path / "five.safetensors"
+    save_file(vitlab.create_model("vit_tiny_patch16_224", num_classes=5, img_size=8, **TINY_VIT).state_dict(), source)
+    with pytest.warns(UserWarning, match="classifier is freshly initialised"):
+        assert (
+            main([*train_args(data, tmp_path / "ft", epochs=1), "--pretrained", str(source), "--layer-decay", "0.7"])
+            == 0
+        )
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    data = write_mnist(tmp_path / "data", train=64)
+    assert main(train_args(data, tmp_path / "whole", epochs=1, batch=16)) == 0
+    assert main([*train_args(data, tmp_path / "accum", epochs=1, batch=16), "--accum-steps", "4"]) == 0
+    whole, accum = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "accum" / "model.safetensors"),
+    )
+    dim = TINY_VIT["embed_dim"]
+    for key in whole:
+        a, b = whole[key], accum[key]
+        if key.endswith("attn.qkv.bias"):  # the key bias: zero true gradient, see test_distributed.py
+            a, b = torch.cat([a[:dim], a[2 * dim :]]), torch.cat([b[:dim], b[2 * dim :]])
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)

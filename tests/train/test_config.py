@@ -1,0 +1,37 @@
+"""Recipes are YAML files of the long options; the command line overrides them."""
+
+from pathlib import Path
+
+import pytest
+
+from vitlab.train.config import ConfigError, TrainConfig, load_yaml, make_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_are_valid(path):
+    config = make_config(load_yaml(path), str(path))
+    assert config.epochs >= 1
+
+
+def test_the_deit_recipe_is_the_published_one():
+    config = make_config(load_yaml(RECIPES / "deit_imagenet.yaml"))
+    assert config.effective_lr() == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
+    assert (config.mixup, config.cutmix, config.drop_path, config.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert (config.ema, config.ema_decay, config.warmup_epochs, config.weight_decay) == (True, 0.99996, 5, 0.05)
+    assert config.label_smoothing == 0.1 and config.repeated_aug == 3 and config.clip_grad is None
+
+
+def test_options_are_checked():
+    assert make_config({"batch-size": 64}).batch_size == 64
+    assert make_config({"scale": [0.5, 1]}).scale == (0.5, 1.0)
+    with pytest.raises(ConfigError, match="unknown option 'bach_size'"):
+        make_config({"bach_size": 64})
+    with pytest.raises(ConfigError, match="crop must be one of rrc, pad, none"):
+        make_config({"crop": "random"})
+    with pytest.raises(ConfigError, match="distillation needs a teacher"):
+        make_config({"distillation": "hard"})
+    with pytest.raises(ConfigError, match="epochs: 'ten' is not a number"):
+        make_config({"epochs": "ten"})
+    assert TrainConfig(batch_size=256, lr=5e-4).effective_lr() == pytest.approx(2.5e-4)

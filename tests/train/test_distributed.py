@@ -1,0 +1,71 @@
+"""Two CPU processes (torchrun, gloo) train the same model as one process with the same global batch.
+
+What is exact and what is not: each process takes every other image of each global batch, so
+together they see exactly the images one process sees; DDP averages the two half-batch mean
+gradients, which equals the full-batch mean up to float rounding (the sums are taken in another
+order), so weights agree to ~1e-7 rather than bit for bit (except the attention's key bias, whose
+true gradient is zero: see below). Evaluation counts are summed over the
+processes exactly. Random augmentation would draw from per-process random streams and differ,
+so it is off here; a model with BatchNorm would also differ (statistics per process).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from tests.train.tiny import TINY_VIT, train_args, write_mnist
+from vitlab.cli import main
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    data = write_mnist(tmp_path / "data", train=64, test=30)
+    settings = ["--label-smoothing", "0.1", "--clip-grad", "5.0", "--ema", "--ema-decay", "0.5"]
+    single = tmp_path / "single"
+    assert main(train_args(data, single, *settings, epochs=2, batch=16)) == 0
+
+    double = tmp_path / "double"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "vitlab", *train_args(data, double, *settings, epochs=2, batch=16),
+    ]  # fmt: skip
+    # Its own session, so that a hang kills torchrun's workers too, not just torchrun.
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in stdout
+
+    one, two = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    dim = TINY_VIT["embed_dim"]
+    for key in one:
+        a, b = one[key], two[key]
+        if key.endswith("attn.qkv.bias"):
+            # The key bias adds the same score to a query's every key, which softmax ignores: its exact
+            # gradient is 0, so its value is rounding noise that Adam's normalisation blows up to ~lr.
+            a, b = torch.cat([a[:dim], a[2 * dim :]]), torch.cat([b[:dim], b[2 * dim :]])
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
+    summary_one = json.loads((single / "summary.json").read_text())
+    summary_two = json.loads((double / "summary.json").read_text())
+    assert summary_two["processes"] == 2 and summary_two["test_images"] == 30
+    assert summary_two["test_top1"] == summary_one["test_top1"]
+    loss_one = [float(r.split(",")[2]) for r in (single / "metrics.csv").read_text().splitlines()[1:]]
+    loss_two = [float(r.split(",")[2]) for r in (double / "metrics.csv").read_text().splitlines()[1:]]
+    assert loss_two == [pytest_approx(v) for v in loss_one]
+
+
+def pytest_approx(value):
+    import pytest
+
+    return pytest.approx(value, rel=1e-5)

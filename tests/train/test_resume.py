@@ -1,0 +1,133 @@
+"""A run killed with SIGKILL at an arbitrary moment and resumed ends with exactly the weights of an
+uninterrupted run; checkpoints are written atomically."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train.tiny import train_args, write_mnist
+from vitlab.cli import main
+from vitlab.train import checkpoint as ckpt
+
+# Every random part of the recipe is on: crops, flips, erasing, Mixup/CutMix, drop path, EMA,
+# and a checkpoint in the middle of each epoch as well as at its end.
+RANDOM_RECIPE = [
+    "--crop", "pad", "--crop-padding", "1", "--hflip", "0.5", "--mixup", "0.8", "--cutmix", "1.0",
+    "--reprob", "0.5", "--drop-path", "0.1", "--ema", "--ema-decay", "0.9", "--checkpoint-every", "3",
+    "--clip-grad", "1.0",
+]  # fmt: skip
+
+
+def _run_until_killed(args, output, min_rows):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "vitlab", *args], env=env, stdout=subprocess.DEVNULL)
+    metrics = output / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > min_rows:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (output / "model.safetensors").exists()
+
+
+def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
+    data = write_mnist(tmp_path / "data", train=64)
+    epochs = 8
+    reference = tmp_path / "reference"
+    assert main(train_args(data, reference, *RANDOM_RECIPE, epochs=epochs)) == 0
+
+    killed = tmp_path / "killed"
+    args = train_args(data, killed, *RANDOM_RECIPE, epochs=epochs)
+    _run_until_killed(args, killed, min_rows=2)
+    state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
+    assert 2 <= state["epoch"] < epochs
+    assert main([*args, "--resume"]) == 0
+
+    expected, actual = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    ref_state = torch.load(reference / "checkpoint-last.pt", weights_only=True)
+    new_state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
+    for key in ref_state["model"]:
+        assert torch.equal(ref_state["model"][key], new_state["model"][key]), key
+    assert (reference / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6] == (
+        (killed / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6]
+    )
+
+
+def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
+    data = write_mnist(tmp_path / "data", train=64)
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    assert main(train_args(data, reference, *RANDOM_RECIPE, epochs=2)) == 0
+
+    real_save = ckpt.atomic_torch_save
+
+    def save_then_crash(payload, path):
+        real_save(payload, path)
+        if payload["epoch"] == 1 and payload["step"] == 3:  # inside the second epoch, step 3 of 4
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(ckpt, "atomic_torch_save", save_then_crash)
+    args = train_args(data, crashed, *RANDOM_RECIPE, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.undo()
+    assert torch.load(crashed / "checkpoint-last.pt", weights_only=True)["step"] == 3
+    assert main([*args, "--resume"]) == 0
+    expected, actual = load_file(reference / "model.safetensors"), load_file(crashed / "model.safetensors")
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    assert main(train_args(data, tmp_path / "run", "--ema", epochs=1)) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
+    assert {"model", "optimizer", "ema", "rng", "config", "epoch", "history"} <= state.keys()
+    assert isinstance(state["rng"][0]["torch"], torch.Tensor)
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint-last.pt"
+    ckpt.atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def crash(fd):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_torch_save({"epoch": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-last.pt"]  # no temporary file left behind
+
+
+def test_rng_states_round_trip():
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    ckpt.set_rng_state(torch.load(_save_load(state), weights_only=True))
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+def _save_load(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
