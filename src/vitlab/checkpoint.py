@@ -235,6 +235,7 @@ def load_state_dict(
     if adapt is not None:
         state_dict = adapt(state_dict)
     head = tuple(getattr(model, "classifier_keys", ()))
+    notice = None
     if reset_head == "auto":
         own = model.state_dict()
         differs = [
@@ -243,10 +244,9 @@ def load_state_dict(
         reset_head = bool(differs)
         if differs:
             differs.sort(key=lambda k: not k.endswith(".weight"))
-            warnings.warn(
+            notice = (
                 f"{source}: classifier {differs[0]} has shape {tuple(state_dict[differs[0]].shape)}, the model "
-                f"{tuple(own[differs[0]].shape)}; the classifier is freshly initialised",
-                stacklevel=3,
+                f"{tuple(own[differs[0]].shape)}; the classifier is freshly initialised"
             )
     if reset_head:
         if not head:
@@ -254,6 +254,8 @@ def load_state_dict(
         state_dict = {k: v for k, v in state_dict.items() if not _matches_prefix(k, head)}
         state_dict.update({k: v for k, v in model.state_dict().items() if _matches_prefix(k, head)})
     load_state_dict_strict(model, state_dict, f"{source} ({layout} layout)")
+    if notice:  # only once the rest of the checkpoint has loaded
+        warnings.warn(notice, stacklevel=3)
     return layout
 
 
