@@ -52,6 +52,17 @@ def train_step_throughput(model: torch.nn.Module, batch: torch.Tensor, warmup: i
     return batch.shape[0] / median_seconds(step, warmup, repeats)
 
 
+def alternate(measure: Callable[[torch.nn.Module], float], ours, reference, rounds: int) -> tuple[float, float | None]:
+    """Median of `measure(ours)` and `measure(reference)` taken in alternation `rounds` times, so that a
+    change in the machine's load affects both sides alike. `reference` may be None."""
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(measure(ours))
+        if reference is not None:
+            theirs.append(measure(reference))
+    return statistics.median(mine), statistics.median(theirs) if theirs else None
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     """A Markdown table, ready to paste into the README."""
     print("| " + " | ".join(header) + " |")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 
 import torch
-from common import inference_throughput, load_timm, median_seconds, print_table, train_step_throughput
+from common import alternate, inference_throughput, load_timm, median_seconds, print_table, train_step_throughput
 
 import vitlab
 from vitlab.checkpoint import load_state_dict
@@ -55,13 +54,7 @@ def main() -> None:
     ]
     rows = []
     for label, measure in cases:
-        mine, theirs = [], []
-        for _ in range(args.rounds):
-            mine.append(measure(ours))
-            if reference is not None:
-                theirs.append(measure(reference))
-        a = statistics.median(mine)
-        b = statistics.median(theirs) if theirs else None
+        a, b = alternate(measure, ours, reference, args.rounds)
         rows.append((label, f"{a:.1f}", f"{b:.1f}" if b else "-", f"{a / b:.2f}x" if b else "-"))
     print_table(("Swin-T", "vitlab img/s", "timm img/s", "vitlab / timm"), rows)
     grouping(args.batch_size, 10)

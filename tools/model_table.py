@@ -1,13 +1,16 @@
 """Print the README's model table: every registered variant with params, GMACs and parity coverage.
 
 Parity coverage lists the reference layouts that the fixtures in tests/parity/fixtures check for
-the variant's architecture (the fixtures use small configurations of the same class).
+the variant's architecture (the fixtures use small configurations of the same class), the
+full-size comparisons of tests/live (run by `make test-live`), and, for architectures without
+released code, what the unit tests compare the attention layer with.
 
     python tools/model_table.py > /tmp/models.md
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +21,16 @@ from vitlab.registry import get_entry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "parity" / "fixtures"
 
+# Checks that are not fixture files, by model class name.
+OTHER_CHECKS = {
+    "VisionTransformer": "live: every variant vs timm, ViT-B and DeiT-B distilled vs HF",
+    "SwinTransformer": "live: every variant vs timm",
+    "PaleTransformer": "no released code: layer vs a per-token implementation of the paper (tests/models/test_pale.py)",
+    "SASAResNet": "no released code: layer vs the paper's equation pixel by pixel (tests/models/test_sasa.py)",
+    "ConvStemViT": "vitlab's own configuration: no reference",
+    "ConvNet": "vitlab's own configuration: no reference",
+}
+
 
 def fixture_layouts() -> dict[type, set[str]]:
     layouts: dict[type, set[str]] = defaultdict(set)
@@ -26,19 +39,22 @@ def fixture_layouts() -> dict[type, set[str]]:
             meta = f.metadata()
         entry = get_entry(meta["model"])
         reference = meta["reference"].split(" (")[0] + (" reader" if meta["layout"] == "jax" else "")
+        reference = re.sub(r"\b([0-9a-f]{7})[0-9a-f]{33}\b", r"\1", reference).replace("@", " ")
         layouts[entry.builder].add(f"{meta['layout']}: {reference}" if meta["layout"] != "native" else reference)
     return layouts
 
 
 def main() -> None:
     layouts = fixture_layouts()
-    print("| model | params | GMACs | input | reference | parity fixtures against |")
+    print("| model | params | GMACs | input | paper | parity checks |")
     print("|---|---|---|---|---|---|")
     for name in vitlab.list_models():
         info = vitlab.model_info(name)
         entry = get_entry(name)
         size = "x".join(str(s) for s in info["input_size"][1:])
-        checked = "; ".join(sorted(layouts.get(entry.builder, ()))) or "none"
+        checks = sorted(layouts.get(entry.builder, ()))
+        checks = (["fixtures: " + ", ".join(checks)] if checks else []) + [OTHER_CHECKS.get(entry.builder.__name__, "")]
+        checked = "; ".join(c for c in checks if c) or "none"
         print(
             f"| {name} | {info['params'] / 1e6:.2f}M | {info['gmacs']:.2f} | {size} | {info['reference']} | {checked} |"
         )

@@ -44,6 +44,19 @@ def test_explicit_path_matches_fused():
         torch.testing.assert_close(attend(q, k, v, bias=bias), fused)
 
 
+def test_learned_bias_gets_the_exact_gradient():
+    # On CPU a bias that needs a gradient takes the plain products (the fused kernels give it none).
+    q, k, v = (t.double().requires_grad_() for t in qkv())
+    table = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    attend(q, k, v, bias=table).square().sum().backward()
+    got = [t.grad.clone() for t in (q, k, v, table)]
+    for t in (q, k, v, table):
+        t.grad = None
+    naive_attention(q, k, v, bias=table).square().sum().backward()
+    for mine, expected in zip(got, (q.grad, k.grad, v.grad, table.grad), strict=True):
+        torch.testing.assert_close(mine, expected)
+
+
 def test_store_receives_probabilities_and_output_is_unchanged():
     q, k, v = qkv()
     store = []
