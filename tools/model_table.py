@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "parity" / "fixtures"
 
 # Checks that are not fixture files, by model class name.
 OTHER_CHECKS = {
-    "VisionTransformer": "live: every variant vs timm, ViT-B and DeiT-B distilled vs HF",
+    "VisionTransformer": "live: every variant timm has vs timm, ViT-B and DeiT-B distilled vs HF",
     "SwinTransformer": "live: every variant vs timm",
     "PaleTransformer": "no released code: layer vs a per-token implementation of the paper (tests/models/test_pale.py)",
     "SASAResNet": "no released code: layer vs the paper's equation pixel by pixel (tests/models/test_sasa.py)",

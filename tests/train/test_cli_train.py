@@ -248,3 +248,15 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
         if key.endswith("attn.qkv.bias"):  # the key bias: zero true gradient, see test_distributed.py
             a, b = torch.cat([a[:dim], a[2 * dim :]]), torch.cat([b[:dim], b[2 * dim :]])
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    data = write_mnist(tmp_path / "data", train=64)
+    stem = {"stem_channels": [8, 16], "embed_dim": 32, "depth": 1, "num_heads": 2, "in_chans": 1, "img_size": 8}
+    common = ["--model", "vitc_tiny_s4_32", "--model-args", json.dumps(stem)]
+    assert main([*train_args(data, tmp_path / "nchw", epochs=1, batch=16), *common]) == 0
+    assert main([*train_args(data, tmp_path / "nhwc", epochs=1, batch=16), *common, "--channels-last"]) == 0
+    nchw, nhwc = (load_file(tmp_path / run / "model.safetensors") for run in ("nchw", "nhwc"))
+    assert nchw.keys() == nhwc.keys()
+    for key in nchw:
+        torch.testing.assert_close(nhwc[key], nchw[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -79,6 +79,7 @@ class TrainConfig:
     # Machinery.
     amp: str = "none"  # none, bf16, fp16 (fp16 needs a GPU)
     grad_checkpointing: bool = False
+    channels_last: bool = False  # NHWC memory format: faster convolutions (e.g. convolutional stems) on CPU
     device: str = "auto"
     workers: int = 2
     eval_batch_size: int | None = None

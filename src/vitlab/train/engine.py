@@ -286,6 +286,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     teacher, teacher_entry = (None, None)
     if config.teacher:
         teacher, teacher_entry = build_teacher(config, num_classes, device)
@@ -419,6 +421,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
 
     def loss_of(images: Tensor, labels: Tensor) -> Tensor:
         x = augment(images.to(device, non_blocking=True))
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x, targets, patch_targets = mixup(x, labels.to(device), with_patches=mixing is not None)
         with amp:
             outputs, first, last = ddp(x)
