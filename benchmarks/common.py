@@ -53,10 +53,15 @@ def train_step_throughput(model: torch.nn.Module, batch: torch.Tensor, warmup: i
 
 
 def alternate(measure: Callable[[torch.nn.Module], float], ours, reference, rounds: int) -> tuple[float, float | None]:
-    """Median of `measure(ours)` and `measure(reference)` taken in alternation `rounds` times, so that a
-    change in the machine's load affects both sides alike. `reference` may be None."""
+    """Median of `measure(ours)` and `measure(reference)` over `rounds` rounds, the two measured in
+    alternation and in swapped order every other round, so that changes in the machine's load and
+    whatever the first measurement of a round pays affect both sides alike. `reference` may be None."""
     mine, theirs = [], []
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        if reference is not None and round_index % 2:
+            theirs.append(measure(reference))
+            mine.append(measure(ours))
+            continue
         mine.append(measure(ours))
         if reference is not None:
             theirs.append(measure(reference))
