@@ -155,25 +155,24 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field (`batch_size` -> `--batch-size`); None means "not given"."""
     import json
 
-    from vitlab.train.config import FIELDS, TrainConfig
+    from vitlab.train.config import FIELDS, TrainConfig, option_kind
 
     defaults = TrainConfig()
     for name in FIELDS:
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         text = f"(default: {default})" if default not in (None, {}, "") else None
-        if isinstance(default, bool):
+        kind = option_kind(name)
+        if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif isinstance(default, tuple):
+        elif kind is tuple:
             parser.add_argument(flag, nargs=len(default), type=float, default=None, metavar="X", help=text)
-        elif isinstance(default, dict):
+        elif kind is dict:
             parser.add_argument(
                 flag, type=json.loads, default=None, metavar="JSON", help="JSON object, e.g. '{\"depth\": 6}'"
             )
-        elif isinstance(default, int) or name == "img_size":
-            parser.add_argument(flag, type=int, default=None, help=text)
-        elif isinstance(default, float) or name in ("clip_grad", "layer_decay", "drop_path"):
-            parser.add_argument(flag, type=float, default=None, help=text)
+        elif kind in (int, float):
+            parser.add_argument(flag, type=kind, default=None, help=text)
         else:
             parser.add_argument(flag, default=None, help=text)
 

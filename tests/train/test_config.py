@@ -35,3 +35,16 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match="epochs: 'ten' is not a number"):
         make_config({"epochs": "ten"})
     assert TrainConfig(batch_size=256, lr=5e-4).effective_lr() == pytest.approx(2.5e-4)
+
+
+def test_optional_options_take_the_type_of_their_annotation():
+    from vitlab.cli import build_parser
+
+    parsed = build_parser().parse_args(
+        ["train", "--eval-batch-size", "256", "--img-size", "32", "--clip-grad", "1", "--layer-decay", "0.65"]
+    )
+    assert (parsed.eval_batch_size, parsed.img_size, parsed.clip_grad, parsed.layer_decay) == (256, 32, 1.0, 0.65)
+    config = make_config({"eval_batch_size": "128", "drop_path": 0, "teacher": "convnet_tiny", "distillation": "soft"})
+    assert config.eval_batch_size == 128 and isinstance(config.drop_path, float) and config.teacher == "convnet_tiny"
+    with pytest.raises(ConfigError, match="eval_batch_size: 'many' is not a number"):
+        make_config({"eval_batch_size": "many"})

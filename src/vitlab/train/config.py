@@ -8,9 +8,10 @@ gets the resolved configuration as `config.yaml`, which `vitlab train --config` 
 from __future__ import annotations
 
 import dataclasses
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -98,6 +99,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = get_type_hints(TrainConfig)
 # Options that may differ when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = {"output", "device", "workers", "progress", "data_dir", "eval_batch_size", "check_images"}
 CHOICES = {
@@ -108,28 +110,37 @@ CHOICES = {
 }
 
 
+def option_kind(name: str) -> type:
+    """What an option holds, from its annotation: bool, int, float, str, tuple or dict (`| None` dropped)."""
+    hint = _HINTS[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in hint.__args__ if arg is not type(None))
+    return getattr(hint, "__origin__", hint)
+
+
 def _coerce(name: str, value: Any) -> Any:
-    default = getattr(TrainConfig(), name)
+    kind = option_kind(name)
     if value is None:
         return None
-    if isinstance(default, tuple):
-        if not isinstance(value, list | tuple) or len(value) != len(default):
-            raise ConfigError(f"option {name} takes {len(default)} numbers, got {value!r}")
+    if kind is tuple:
+        size = len(getattr(TrainConfig(), name))
+        if not isinstance(value, list | tuple) or len(value) != size:
+            raise ConfigError(f"option {name} takes {size} numbers, got {value!r}")
         return tuple(float(v) for v in value)
-    if isinstance(default, dict):
+    if kind is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"option {name} takes a mapping, got {value!r}")
         return dict(value)
-    if isinstance(default, bool):
+    if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"option {name} takes true or false, got {value!r}")
         return value
     try:
-        if isinstance(default, int) or name in ("img_size",):
+        if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if isinstance(default, float) or name == "clip_grad" or name == "layer_decay" or name == "drop_path":
+        if kind is float:
             return float(value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"option {name}: {value!r} is not a number") from err
