@@ -58,13 +58,10 @@ def alternate(measure: Callable[[torch.nn.Module], float], ours, reference, roun
     whatever the first measurement of a round pays affect both sides alike. `reference` may be None."""
     mine, theirs = [], []
     for round_index in range(rounds):
-        if reference is not None and round_index % 2:
-            theirs.append(measure(reference))
-            mine.append(measure(ours))
-            continue
-        mine.append(measure(ours))
-        if reference is not None:
-            theirs.append(measure(reference))
+        sides = [(ours, mine), (reference, theirs)]
+        for model, results in reversed(sides) if round_index % 2 else sides:
+            if model is not None:
+                results.append(measure(model))
     return statistics.median(mine), statistics.median(theirs) if theirs else None
 
 
