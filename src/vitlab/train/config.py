@@ -123,7 +123,7 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     if kind is tuple:
-        size = len(getattr(TrainConfig(), name))
+        size = len(FIELDS[name].default)
         if not isinstance(value, list | tuple) or len(value) != size:
             raise ConfigError(f"option {name} takes {size} numbers, got {value!r}")
         return tuple(float(v) for v in value)
