@@ -74,6 +74,30 @@ def test_global_average_pooling_uses_fc_norm():
         small(global_pool="max")
 
 
+def test_flatten_pooling_classifies_every_patch_token_in_place():
+    model = small(global_pool="flatten", img_size=64)  # a 4x4 grid of 48-d tokens
+    assert model.head.in_features == model.num_features == 16 * 48
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = model.forward_features(x)[:, 1:]
+        expected = model.head(tokens.reshape(2, 16 * 48))
+        torch.testing.assert_close(model(x), expected)
+        # Unlike average pooling, the head tells where a feature is: swapping two tokens changes the logits.
+        swapped = tokens.clone()
+        swapped[:, [0, 5]] = tokens[:, [5, 0]]
+        assert not torch.allclose(model.head(swapped.reshape(2, -1)), expected)
+    model.reset_classifier(3)
+    assert model.head.in_features == 16 * 48 and model(x).shape == (2, 3)
+
+
+def test_flatten_pooling_needs_the_built_size_and_no_distillation_token():
+    model = small(global_pool="flatten", img_size=64)
+    with pytest.raises(ValueError, match=r"4x4 = 16 patches .* got 36 patches"):
+        model(torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="flatten"):
+        small("deit_small_distilled_patch16_224", global_pool="flatten")
+
+
 @pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit_small_distilled_patch16_224"])
 def test_features_only_gives_nchw_maps(name):
     extractor = vitlab.create_model(name, features_only=True, embed_dim=48, depth=8, num_heads=3)

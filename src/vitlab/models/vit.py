@@ -56,14 +56,19 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+GLOBAL_POOLS = ("token", "avg", "flatten")
+
+
 class VisionTransformer(nn.Module):
     """ViT, and DeiT with `distilled=True`.
 
     Any input size works: sides that are not multiples of the patch size are zero-padded, and the
     position table (learned for `img_size`) is resized on the fly to the input's patch grid, the
     class and distillation slots untouched.
-    `global_pool` is "token" (classify the class token) or "avg" (mean of the patch tokens,
-    normalised by `fc_norm` as in timm).
+    `global_pool` is "token" (classify the class token), "avg" (mean of the patch tokens,
+    normalised by `fc_norm` as in timm) or "flatten" (classify the concatenated patch tokens, like
+    the dense head of a small CNN: the classifier sees where each feature is, at the price of a fixed
+    input size).
     """
 
     def __init__(
@@ -87,8 +92,10 @@ class VisionTransformer(nn.Module):
         similarity: str = "dot",
     ):
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if global_pool == "flatten" and distilled:
+            raise ValueError("global_pool 'flatten' has no distillation head: use 'token' with distilled=True")
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -127,7 +134,9 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
         self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        if global_pool == "flatten":
+            self.num_features = embed_dim * num_patches
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if distilled:
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
 
@@ -197,7 +206,18 @@ class VisionTransformer(nn.Module):
                 return (x + x_dist) / 2
             x, x_dist = self.head(x), self.head_dist(x_dist)
             return (x, x_dist) if self.training else (x + x_dist) / 2
-        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        elif self.global_pool == "flatten":
+            x = x[:, self.num_prefix_tokens :].flatten(1)
+            if x.shape[1] != self.num_features:
+                h, w = self.grid_size
+                raise ValueError(
+                    f"global_pool 'flatten' classifies the {h}x{w} = {h * w} patches of the image size the model "
+                    f"was built for, got {x.shape[1] // self.embed_dim} patches: resize the input"
+                )
+        else:
+            x = x[:, 0]
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -218,7 +238,7 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if self.distilled:
             self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
         for head in (self.head, getattr(self, "head_dist", None)):
