@@ -1,6 +1,7 @@
 """Each dataset format on small files made here, and every bad-data error."""
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,21 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     shards = [local_indices(batch, r, 2, 1, 0) for r in range(2)]
     assert sorted(torch.cat(shards).tolist()) == list(range(8))
     assert torch.equal(local_indices(batch, 1, 2, 2, 1), torch.tensor([5, 7]))
+
+
+def test_holdout_validates_on_part_of_the_training_split_and_keeps_the_test_split():
+    plain = build_datasets("demo", None, folder_size=8)
+    data = build_datasets("demo", None, folder_size=8, holdout=0.1)
+    again = build_datasets("demo", None, folder_size=8, holdout=0.1)
+    assert plain.val is plain.test and data.val is not data.test
+    assert torch.equal(data.test.images, plain.test.images)
+    assert len(data.train) + len(data.val) == len(plain.train) == 3000 and len(data.val) == 300
+    assert torch.bincount(data.val.labels).tolist() == [30] * 10  # the same share of every class
+    assert torch.equal(data.val.images, again.val.images)  # always the same images, whatever the seed
+    joined = torch.cat([data.train.images, data.val.images]).flatten(1)
+    assert len(torch.unique(joined, dim=0)) == len(torch.unique(plain.train.images.flatten(1), dim=0))
+    assert "300 of the 3000 training images validate" in data.notes[0]
+    with pytest.raises(DatasetError, match="holdout must be in"):
+        build_datasets("demo", None, folder_size=8, holdout=1.0)
+    with pytest.raises(DatasetError, match="val folder or --val-fraction"):
+        build_datasets(str(Path(__file__).parent), None, folder_size=8, holdout=0.1)

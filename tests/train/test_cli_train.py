@@ -260,3 +260,16 @@ def test_channels_last_trains_the_same_model(tmp_path):
     assert nchw.keys() == nhwc.keys()
     for key in nchw:
         torch.testing.assert_close(nhwc[key], nchw[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_holdout_validates_on_training_images_and_tests_once_at_the_end(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=64, test=32)
+    assert main(train_args(data, tmp_path / "out", "--holdout", "0.25", epochs=2, batch=16)) == 0
+    assert "16 of the 64 training images validate" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["train_images"] == 48 and summary["val_images"] == 16 and summary["test_images"] == 32
+    assert summary["test_is_val"] is False
+    # test_top1 is the final weights on the untouched test split, not the last validation figure.
+    weights = str(tmp_path / "out" / "model.safetensors")
+    assert main(["eval", "--checkpoint", weights, "--data", "mnist", "--data-dir", str(data)]) == 0
+    assert f"top-1 {summary['test_top1']:.2f}%" in capsys.readouterr().out

@@ -323,14 +323,19 @@ class DataSplits:
     notes: list[str] = field(default_factory=list)
 
 
-def build_datasets(data: str, data_dir: str | None, folder_size: int, val_fraction: float = 0.1) -> DataSplits:
+def build_datasets(
+    data: str, data_dir: str | None, folder_size: int, val_fraction: float = 0.1, holdout: float = 0.0
+) -> DataSplits:
     """The splits of `data` (a known name or a directory of image folders).
 
     Array datasets have train and test splits; their test split also serves for validation (the
-    usual protocol for these benchmarks). Image folders: `train`/`val`/`test` sub-folders, or one
-    folder split reproducibly per class by `val_fraction`; without `test` the validation split is
-    the test split.
+    usual protocol for these benchmarks) unless `holdout` > 0 holds that fraction of each class of
+    the training split out for validation (always the same images), which leaves the test split
+    for the final measurement only. Image folders: `train`/`val`/`test` sub-folders, or one folder
+    split reproducibly per class by `val_fraction`; without `test` the validation split is the test split.
     """
+    if not 0.0 <= holdout < 1.0:
+        raise DatasetError(f"holdout must be in [0, 1), got {holdout}")
     name = data.lower()
     if name in KNOWN_DATASETS:
         if name == "demo":
@@ -347,7 +352,23 @@ def build_datasets(data: str, data_dir: str | None, folder_size: int, val_fracti
             else:
                 count = 10 if name == "cifar10" else 100
                 train, test = cifar_dataset(root, "train", count), cifar_dataset(root, "test", count)
-        return DataSplits(train, test, test, train.classes, name, ["the test split is also the validation split"])
+        if holdout == 0:
+            return DataSplits(train, test, test, train.classes, name, ["the test split is also the validation split"])
+        kept, held = split_indices(train.labels.tolist(), holdout, seed=0)
+        note = f"{len(held)} of the {len(train)} training images validate; the test split waits for the end"
+        return DataSplits(
+            train.subset(torch.tensor(kept), f"{train.source} (training part)"),
+            train.subset(torch.tensor(held), f"{train.source} (held out)"),
+            test,
+            train.classes,
+            name,
+            [note],
+        )
+    if holdout:
+        raise DatasetError(
+            f"holdout is for the datasets with a fixed train/test split ({', '.join(KNOWN_DATASETS)}); "
+            "an image folder's validation split is its val folder or --val-fraction"
+        )
     folder = Path(data)
     if not folder.exists():
         hint = "" if "/" in data or "\\" in data else f" (known datasets: {', '.join(KNOWN_DATASETS)})"

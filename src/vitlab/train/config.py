@@ -31,6 +31,7 @@ class TrainConfig:
     output: str | None = None
     img_size: int | None = None  # default: the dataset's own size for array datasets, else the model's
     val_fraction: float = 0.1  # held out of a single image folder (no train/val sub-folders) for validation
+    holdout: float = 0.0  # mnist, cifar...: fraction of the training split that validates (0: the test split does)
     skip_bad_images: bool = False
     check_images: bool = True  # decode every image of a folder dataset once before training starts
     # Schedule and optimiser (DeiT's defaults; lr is for a batch of `lr_base_batch` and scaled linearly).
@@ -176,6 +177,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by accum_steps {config.accum_steps}")
     if not 0.0 <= config.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if not 0.0 <= config.holdout < 1.0:
+        raise ConfigError(f"holdout must be in [0, 1), got {config.holdout}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

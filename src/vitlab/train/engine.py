@@ -250,7 +250,9 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     if img_size is None and config.data.lower() not in KNOWN_DATASETS:
         img_size = entry.input_size[1]
     load_size = math.ceil(img_size / entry.crop_pct) if img_size else 1  # array datasets keep their own size
-    data = build_datasets(config.data, config.data_dir, folder_size=load_size, val_fraction=config.val_fraction)
+    data = build_datasets(
+        config.data, config.data_dir, folder_size=load_size, val_fraction=config.val_fraction, holdout=config.holdout
+    )
     if img_size is None:
         img_size = data.train.size[0]
     skipped: list[str] = []
