@@ -1,7 +1,10 @@
 """vitlab's own small models: the ConvNet teacher and the ViT with a convolutional stem."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import vitlab
 from vitlab.models.convnet import ConvNet
@@ -61,3 +64,17 @@ def test_vitc_attention_can_be_captured():
         model(torch.randn(1, 3, 32, 32))
     assert maps["blocks.5.attn"][0].shape == (1, 4, 65, 65)
     assert isinstance(model, ConvStemViT) and isinstance(vitlab.create_model("convnet_tiny"), ConvNet)
+
+
+def test_fashion_mnist_recipe_model_params_by_hand():
+    """The model of recipes/fashion-mnist.yaml: a 5-conv stem and a head over the flattened 7x7 tokens."""
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "fashion-mnist.yaml").read_text())
+    model = vitlab.create_model(recipe["model"], num_classes=10, img_size=28, **recipe["model_args"])
+    chans = (1, 16, 32, 32, 64, 64)
+    stem = sum(_conv_bn_params(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)) + 64 * 64 + 64
+    dim, hidden = 64, 128
+    block = 4 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    tokens = 1 + 7 * 7
+    expected = stem + dim + tokens * dim + 3 * block + 2 * dim + 7 * 7 * dim * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == expected == 209_018
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
