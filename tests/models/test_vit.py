@@ -96,6 +96,9 @@ def test_flatten_pooling_needs_the_built_size_and_no_distillation_token():
         model(torch.randn(1, 3, 96, 96))
     with pytest.raises(ValueError, match="flatten"):
         small("deit_small_distilled_patch16_224", global_pool="flatten")
+    # A size that is not a multiple of the patch is padded, so the model takes the size it was built for.
+    odd = small(global_pool="flatten", img_size=60)
+    assert odd.grid_size == (4, 4) and odd(torch.randn(1, 3, 60, 60)).shape == (1, 7)
 
 
 @pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit_small_distilled_patch16_224"])

@@ -105,7 +105,9 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.grid_size = tuple(s // p for s, p in zip(to_2tuple(img_size), self.patch_embed.patch_size, strict=True))
+        # Inputs are zero-padded to a multiple of the patch, so `img_size` makes ceil(side / patch) patches.
+        sides, patch = to_2tuple(img_size), self.patch_embed.patch_size
+        self.grid_size = tuple(-(-s // p) for s, p in zip(sides, patch, strict=True))
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
