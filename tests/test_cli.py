@@ -18,7 +18,7 @@ def test_models_table(capsys):
     rows = {line.split()[0]: line.split() for line in out[1:]}
     assert rows["deit_tiny_patch16_224"][1:4] == ["5.72M", "1.25", "224x224"]
     assert rows["deit_tiny_distilled_patch16_224"][1] == "5.91M"
-    assert main(["models", "nothing_like_this"]) == 1
+    assert main(["models", "nothing_like_this"]) == 2
 
 
 @pytest.fixture

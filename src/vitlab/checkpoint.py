@@ -11,18 +11,12 @@ missing, unexpected or mis-shaped key is an error that lists them.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,68 +106,6 @@ def extract_state_dict(obj: Any, source: str = "checkpoint", use_ema: bool = Fal
     return state_dict
 
 
-# Layout conversion.
-@dataclass(frozen=True)
-class Converter:
-    layout: str
-    detect: Callable[[StateDict], bool]
-    convert: Callable[[StateDict, nn.Module], StateDict]
-
-
-_CONVERTERS: dict[type, list[Converter]] = {}
-
-
-def register_converter(model_cls: type, layout: str, detect: Callable[[StateDict], bool]):
-    """Declare `fn(state_dict, model) -> state_dict` as the converter of `layout` for a model class.
-
-    `detect(state_dict)` says whether a state dict is in that layout, from its key names.
-    """
-
-    def wrap(fn: Callable[[StateDict, nn.Module], StateDict]):
-        _CONVERTERS.setdefault(model_cls, []).append(Converter(layout, detect, fn))
-        return fn
-
-    return wrap
-
-
-def convert_state_dict(model: nn.Module, state_dict: StateDict) -> tuple[StateDict, str]:
-    """Convert to the model's native layout; returns the converted dict and the layout found."""
-    for cls in type(model).__mro__:
-        for converter in _CONVERTERS.get(cls, []):
-            if converter.detect(state_dict):
-                return converter.convert(state_dict, model), converter.layout
-    return state_dict, "native"
-
-
-def rename_keys(state_dict: StateDict, rules: list[tuple[str, str]]) -> StateDict:
-    """Rename keys with regular-expression rules; the first matching rule wins, unmatched keys stay."""
-    compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
-    renamed = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in compiled:
-            new_key, count = pattern.subn(replacement, key, count=1)
-            if count:
-                key = new_key
-                break
-        renamed[key] = value
-    return renamed
-
-
-def fuse_qkv(state_dict: StateDict, names: tuple[str, str, str] = ("q", "k", "v"), fused: str = "qkv") -> StateDict:
-    """Concatenate separate `X.q.*`, `X.k.*`, `X.v.*` projections into one `X.qkv.*` (q, k, v order)."""
-    out = dict(state_dict)
-    q_suffix = f".{names[0]}."
-    for key in [k for k in state_dict if q_suffix in k]:
-        stem, param = key.rsplit(q_suffix, 1)
-        parts = [f"{stem}.{n}.{param}" for n in names]
-        if not all(p in state_dict for p in parts):
-            continue
-        out[f"{stem}.{fused}.{param}"] = torch.cat([state_dict[p] for p in parts], dim=0)
-        for part in parts:
-            del out[part]
-    return out
-
-
 def _describe(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
@@ -188,21 +120,28 @@ def load_state_dict_strict(model: nn.Module, state_dict: StateDict, source: str 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [
-        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or mis_shaped:
-        lines = [f"{source} does not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
-        if mis_shaped:
-            lines.append(f"  mis-shaped keys ({len(mis_shaped)}): {_describe(mis_shaped)}")
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    mis_shaped = [k for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if not (missing or unexpected or mis_shaped):
+        model.load_state_dict(state_dict, strict=True)
+        return
+    head = tuple(getattr(model, "classifier_keys", ()))
+    if not missing and not unexpected and all(_matches_prefix(k, head) for k in mis_shaped):
+        theirs, ours = state_dict[mis_shaped[0]].shape[0], expected[mis_shaped[0]].shape[0]
+        raise CheckpointError(
+            f"{source} has a classifier for {theirs} classes, the model {ours}: pass num_classes={theirs} to use "
+            f"it, or num_classes={ours} to train a new classifier from the rest of the checkpoint"
+        )
+    lines = [f"{source} does not fit {type(model).__name__}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
+    if mis_shaped:
+        shapes = [
+            f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})" for k in mis_shaped
+        ]
+        lines.append(f"  mis-shaped keys ({len(mis_shaped)}): {_describe(shapes)}")
+    raise CheckpointError("\n".join(lines))
 
 
 def load_checkpoint(
@@ -212,10 +151,11 @@ def load_checkpoint(
     use_ema: bool = False,
     reset_head: bool | str = False,
 ) -> str:
-    """Load a checkpoint file into `model` strictly; returns the layout it was found in.
+    """Load a checkpoint file (or an HF model directory) into `model` strictly; returns its layout.
 
     `use_ema` takes the EMA weights of a training checkpoint. See `load_state_dict` for the rest.
     """
+    path = weights_file(path)
     state_dict = extract_state_dict(read_checkpoint(path), str(path), use_ema)
     return load_state_dict(model, state_dict, source=str(path), reset_head=reset_head)
 
@@ -230,6 +170,8 @@ def load_state_dict(
     does so only when the classifier shapes differ (fine-tuning on a new label set), with a warning.
     Checkpoints made for another input size are resized by the model's `adapt_state_dict`.
     """
+    from vitlab.layouts import convert_state_dict
+
     state_dict, layout = convert_state_dict(model, state_dict)
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
@@ -259,89 +201,80 @@ def load_state_dict(
     return layout
 
 
-def read_class_names(path: str | Path) -> list[str] | None:
-    """Class names stored with a checkpoint, if any.
+# What a checkpoint says about itself.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "checkpoint-last.pt")
 
-    Looked for in a safetensors file's `class_names` metadata (JSON list), a torch checkpoint's
-    `class_names` entry, and an HF `config.json` (`id2label`) beside the file.
-    """
+
+def weights_file(path: str | Path) -> Path:
+    """The weights of `path`: the file itself, or in a directory (an HF model, a vitlab run) its weights file."""
     path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path} is a directory without weights (looked for {', '.join(WEIGHT_FILES)})")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file says about the model it holds, beyond the tensors.
+
+    vitlab files (a run's model.safetensors, its checkpoint-last.pt) name the model, its
+    constructor arguments (class count included) and the class names; an HF checkpoint has a
+    `config.json` beside it (sizes, LayerNorm eps, labels).
+    """
+
+    path: Path
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    hf_config: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        if self.model is None:
+            return f"{self.path} does not say which model it holds"
+        classes = self.model_args.get("num_classes")
+        return f"{self.path} holds a {self.model}" + (f" with {classes} classes" if classes is not None else "")
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Read what `path` (a file or a directory) says about its model, without loading the weights."""
+    path = weights_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    model, args, names = None, {}, None
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(path, "pt") as f:
-                names = (f.metadata() or {}).get("class_names")
+                meta = f.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from err
-        if names:
-            return list(json.loads(names))
+        model, args = meta.get("vitlab_model"), json.loads(meta.get("vitlab_model_args", "{}"))
+        names = json.loads(meta["class_names"]) if "class_names" in meta else None
     elif path.suffix in TORCH_SUFFIXES:
         obj = read_checkpoint(path)
-        if isinstance(obj, Mapping) and isinstance(obj.get("class_names"), list | tuple):
-            return [str(n) for n in obj["class_names"]]
-    config = path.parent / "config.json"
-    if config.is_file():
-        id2label = json.loads(config.read_text()).get("id2label")
-        if id2label:
-            return [id2label[k] for k in sorted(id2label, key=int)]
-    return None
-
-
-# Published checkpoints.
-def cache_dir() -> Path:
-    root = os.environ.get("VITLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitlab"
-    return Path(root)
-
-
-def resolve_pretrained(entry: Any) -> Path:
-    """The local path of a variant's published checkpoint, downloading it into the cache if needed.
-
-    The file keeps the format of the URL (.safetensors unless it names a .pth/.pt/.bin/.ckpt/.tar
-    or .npz file). The cache is `$VITLAB_CACHE` (default `~/.cache/vitlab`). `$VITLAB_HUB_ENDPOINT` replaces
-    `https://huggingface.co` (for mirrors); `VITLAB_OFFLINE=1` never touches the network.
-    """
-    suffix = Path(urllib.parse.urlparse(entry.url or "").path).suffix.lower()
-    path = cache_dir() / f"{entry.name}{suffix if suffix in (*TORCH_SUFFIXES, '.npz') else '.safetensors'}"
-    if path.is_file():
-        return path
-    if entry.url is None:
-        raise CheckpointError(
-            f"no published checkpoint is known for {entry.name}; pass the path of one with pretrained=PATH"
-        )
-    url = entry.url
-    endpoint = os.environ.get("VITLAB_HUB_ENDPOINT")
-    if endpoint:
-        url = url.replace("https://huggingface.co", endpoint.rstrip("/"), 1)
-    if os.environ.get("VITLAB_OFFLINE") == "1":
-        raise CheckpointError(f"{entry.name}: offline and not cached. Download {url} and save it as {path}")
-    try:
-        download(url, path)
-    except (urllib.error.URLError, OSError) as err:
-        raise CheckpointError(
-            f"{entry.name}: could not download {url} ({err}). Download it by other means and save it as {path}"
-        ) from err
-    return path
-
-
-def download(url: str, path: Path, timeout: float = 60.0) -> None:
-    """Fetch `url` into `path` atomically: a partial download never takes the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".part", delete=False) as tmp:
+        if isinstance(obj, Mapping):
+            config = obj.get("config")
+            if isinstance(config, Mapping) and isinstance(obj.get("model_args"), Mapping):
+                model, args = config.get("model"), dict(obj["model_args"])
+            if isinstance(obj.get("class_names"), list | tuple):
+                names = [str(n) for n in obj["class_names"]]
+    hf_config = None
+    if (path.parent / "config.json").is_file():
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            if path.suffix == ".safetensors":  # a truncated or wrong file never enters the cache
-                from safetensors import SafetensorError, safe_open
+            hf_config = json.loads((path.parent / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path.parent / 'config.json'} is not valid JSON: {err}") from err
+        if names is None and hf_config.get("id2label"):
+            from vitlab.layouts.hf import class_names
 
-                try:
-                    with safe_open(tmp.name, "pt"):
-                        pass
-                except (SafetensorError, OSError) as err:
-                    raise CheckpointError(f"{url} did not give a valid safetensors file: {err}") from err
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+            names = class_names(hf_config)
+    return CheckpointInfo(path, model, args, names, hf_config)
+
+
+def read_class_names(path: str | Path) -> list[str] | None:
+    """Class names stored with a checkpoint, if any (see `inspect_checkpoint`)."""
+    return inspect_checkpoint(path).class_names

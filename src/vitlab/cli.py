@@ -1,4 +1,8 @@
-"""The `vitlab` command."""
+"""The `vitlab` command.
+
+Every command raises vitlab's own errors; `main()` alone prints them, one line `error: ...` each
+(exit status 2, or 3 for a diverged training run).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ from pathlib import Path
 import torch
 
 
+class UsageError(ValueError):
+    """A command line that cannot work (a labels file of the wrong length, ...)."""
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vitlab.analysis.complexity import model_info
     from vitlab.registry import list_models
 
     names = list_models(args.pattern or "*")
     if not names:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
-        return 1
+        raise UsageError(f"no model matches {args.pattern!r}")
     rows = []
     for name in names:
         info = model_info(name)
@@ -31,108 +38,79 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read the labels file {path}: {err}") from err
     labels = [line for line in lines if line]
     if not labels:
-        raise SystemExit(f"error: labels file {path} is empty")
+        raise UsageError(f"labels file {path} is empty")
     return labels
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitlab.checkpoint import read_class_names
-    from vitlab.data.images import BadImageError, load_image
-    from vitlab.data.transforms import eval_transform
-    from vitlab.registry import create_model, get_entry
-    from vitlab.train.checkpoint import read_model_spec
+    from vitlab.data.transforms import preprocess_files
+    from vitlab.registry import create_model, load_model
 
-    entry = get_entry(args.model)
-    names = read_labels(args.labels) if args.labels else read_class_names(args.checkpoint)
-    saved_name, saved_args = read_model_spec(args.checkpoint)  # the architecture a `vitlab train` run stored
-    overrides = dict(saved_args) if saved_name == args.model else {}
-    if names:
-        overrides["num_classes"] = len(names)
-    model = create_model(args.model, pretrained=args.checkpoint, **overrides).eval()
-    size = args.img_size or overrides.get("img_size") or entry.input_size[1]
-    try:
-        batch = torch.stack(
-            [eval_transform(load_image(p), size, entry.mean, entry.std, entry.crop_pct) for p in args.images]
-        )
-    except BadImageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from vitlab.train.engine import input_channels
-
-    if input_channels(model) == 1:  # a model trained on grey images (in_chans=1)
-        batch = batch.mean(dim=1, keepdim=True)
+    model = create_model(args.model, pretrained=args.checkpoint) if args.model else load_model(args.checkpoint)
+    model.eval()
+    names = getattr(model, "class_names", None)
+    if args.labels:
+        names = read_labels(args.labels)
+        if len(names) != model.num_classes:
+            raise UsageError(f"{args.labels} names {len(names)} classes; the model has {model.num_classes}")
+    pre = model.entry.preprocess
+    size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
+    batch = preprocess_files(args.images, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
     with torch.inference_mode():
         probs = model(batch).float().softmax(dim=-1)
     top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
     for path, values, indices in zip(args.images, top.values, top.indices, strict=True):
         print(path)
         for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
-            label = f"  {names[i]}" if names and i < len(names) else ""
+            label = f"  {names[i]}" if names else ""
             print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
     return 0
-
-
-def _train_errors():
-    from vitlab.checkpoint import CheckpointError
-    from vitlab.data.datasets import DatasetError
-    from vitlab.data.images import BadImageError
-    from vitlab.train.config import ConfigError
-
-    return (ConfigError, DatasetError, BadImageError, CheckpointError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.train.checkpoint import load_training_checkpoint
     from vitlab.train.config import FIELDS, load_yaml, make_config
-    from vitlab.train.engine import CHECKPOINT, TrainingDiverged, train
+    from vitlab.train.engine import CHECKPOINT, train
 
-    try:
-        values: dict = {}
-        explicit = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
-        if args.resume:
-            output = explicit.get("output") or (load_yaml(args.config).get("output") if args.config else None)
-            if not output:
-                raise SystemExit("error: --resume needs --output DIR, the run to continue")
-            values.update(load_training_checkpoint(Path(output) / CHECKPOINT)["config"])
-        if args.config:
-            values.update(load_yaml(args.config))
-        values.update(explicit)
-        config = make_config(values)
-        if not config.output:
-            config.output = f"runs/{config.model}-{Path(config.data).name}"
-        train(config, resume=args.resume)
-    except _train_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    values: dict = {}
+    explicit = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    if args.resume:
+        output = explicit.get("output") or (load_yaml(args.config).get("output") if args.config else None)
+        if not output:
+            raise UsageError("--resume needs --output DIR, the run to continue")
+        values.update(load_training_checkpoint(Path(output) / CHECKPOINT)["config"])
+    if args.config:
+        values.update(load_yaml(args.config))
+    values.update(explicit)
+    config = make_config(values)
+    if not config.output:
+        config.output = f"runs/{config.model}-{Path(config.data).name}"
+    train(config, resume=args.resume)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.engine import evaluate
 
-    try:
-        metrics = evaluate(
-            args.model,
-            args.checkpoint,
-            args.data,
-            args.data_dir,
-            split=args.split,
-            batch_size=args.batch_size,
-            img_size=args.img_size,
-            device=args.device,
-            workers=args.workers,
-            progress=sys.stderr.isatty(),
-            amp=args.amp,
-        )
-    except _train_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    metrics = evaluate(
+        args.model,
+        args.checkpoint,
+        args.data,
+        args.data_dir,
+        split=args.split,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        device=args.device,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+        amp=args.amp,
+    )
     print(
         f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
@@ -143,11 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitlab.train.demo import run_demo
 
-    try:
-        run_demo(args.output, epochs=args.epochs)
-    except _train_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_demo(args.output, epochs=args.epochs)
     return 0
 
 
@@ -177,8 +151,18 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=None, help=text)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from vitlab import __version__
+
     parser = argparse.ArgumentParser(prog="vitlab", description="Vision transformers: models, training, analysis.")
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="list the models with params, GMACs and reference")
@@ -186,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     predict = commands.add_parser("predict", help="top-k classes of images")
-    predict.add_argument("--model", required=True)
+    predict.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     predict.add_argument("--checkpoint", required=True, help="weights in any layout vitlab loads")
-    predict.add_argument("--labels", help="file with one class name per line")
-    predict.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--labels", help="file with one class name per line (default: the checkpoint's names)")
+    predict.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
+    predict.add_argument("--top", type=positive_int, default=5)
     predict.add_argument("images", nargs="+")
     predict.set_defaults(func=cmd_predict)
 
@@ -211,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="demo, mnist, fashion-mnist, cifar10, cifar100 or a folder")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--img-size", type=int)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument("--img-size", type=positive_int)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
@@ -220,18 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train a small ViT on the built-in data and draw its attention")
     demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--epochs", type=int)
+    demo.add_argument("--epochs", type=positive_int)
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The errors vitlab raises for bad input: printed as one line, never as a traceback."""
+    from vitlab.checkpoint import CheckpointError
+    from vitlab.data.datasets import DatasetError
+    from vitlab.data.images import BadImageError
+    from vitlab.registry import UnknownModelError
+    from vitlab.train.config import ConfigError
+
+    return (UsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitlab.checkpoint import CheckpointError
+    from vitlab.train.engine import TrainingDiverged
 
     try:
         return args.func(args)
-    except (CheckpointError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except known_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,26 +11,48 @@ from typing import Any
 
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+TASKS = ("image-classification", "semantic-segmentation", "sequence-to-sequence")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a variant's images are prepared: the input size it was trained at and its evaluation transform.
+
+    Evaluation resizes the shorter side to `input_size / crop_pct` with `interpolation`, takes the
+    central crop of `input_size`, and normalises with `mean` and `std`.
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # ImageNet's
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+    @property
+    def img_size(self) -> int:
+        return self.input_size[1]
+
+
+IMAGENET = Preprocess()
+INCEPTION = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # [-1, 1], as the JAX ViTs were trained
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One named variant: the class that builds it, its arguments and what it was trained with."""
+    """One named variant: what builds it, with which arguments, for which task, trained how.
+
+    `tiny` holds constructor overrides that make a seconds-fast model of the same family (the
+    contract test runs every variant through them).
+    """
 
     name: str
     builder: Callable[..., nn.Module]
     config: dict[str, Any]
     reference: str
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    tiny: dict[str, Any]
+    task: str = "image-classification"
+    preprocess: Preprocess = IMAGENET
     num_classes: int = 1000
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
     url: str | None = None
     paper: dict[str, float] = field(default_factory=dict)
     pretrained_ema: bool = False  # the published file is a training checkpoint: use its EMA weights
@@ -38,13 +61,28 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+class UnknownModelError(KeyError):
+    """A model name that is not registered; the message suggests close names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def register_model(
-    name: str, builder: Callable[..., nn.Module], config: dict[str, Any], reference: str, **kwargs: Any
+    name: str,
+    builder: Callable[..., nn.Module],
+    config: dict[str, Any],
+    reference: str,
+    *,
+    tiny: dict[str, Any],
+    **kwargs: Any,
 ) -> ModelEntry:
     """Add a named variant. `config` is passed to `builder`; `kwargs` fill the other entry fields."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    entry = ModelEntry(name=name, builder=builder, config=dict(config), reference=reference, **kwargs)
+    entry = ModelEntry(name=name, builder=builder, config=dict(config), reference=reference, tiny=dict(tiny), **kwargs)
+    if entry.task not in TASKS:
+        raise ValueError(f"model {name!r}: task must be one of {TASKS}, got {entry.task!r}")
     _REGISTRY[name] = entry
     return entry
 
@@ -53,20 +91,26 @@ def _ensure_models_loaded() -> None:
     import vitlab.models  # noqa: F401  (registers every variant on import)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered variants matching a shell-style `pattern`, sorted."""
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Names of the registered variants matching a shell-style `pattern` (and `task`, if given), sorted."""
     _ensure_models_loaded()
     if not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+    return sorted(
+        name
+        for name, entry in _REGISTRY.items()
+        if fnmatch.fnmatch(name, pattern) and (task is None or entry.task == task)
+    )
 
 
 def get_entry(name: str) -> ModelEntry:
     _ensure_models_loaded()
     if name not in _REGISTRY:
-        close = [n for n in _REGISTRY if name.split("_")[0] in n][:8]
-        hint = f"; similar names: {', '.join(close)}" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint}. `vitlab models` lists them all.")
+        lowered = {n.lower(): n for n in _REGISTRY}
+        close = [lowered[n] for n in difflib.get_close_matches(name.lower(), lowered, n=5, cutoff=0.6)]
+        close += [n for n in _REGISTRY if n.startswith(name.split("_")[0].lower() + "_") and n not in close]
+        hint = f"; did you mean {', '.join(close[:8])}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint} `vitlab models` lists them all.")
     return _REGISTRY[name]
 
 
@@ -76,28 +120,91 @@ def create_model(
     *,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    checkpoint_path: str | Path | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build a registered model by name.
 
     `pretrained` is False, True (the published checkpoint, from the local cache or downloaded) or
-    the path of a checkpoint in any layout `load_checkpoint` understands; a checkpoint whose
-    classifier has another number of classes loads with the head freshly initialised (with a
-    warning), as fine-tuning on a new label set needs. `overrides` replace the
-    variant's constructor arguments (`num_classes`, `img_size`, `in_chans`, `drop_path_rate`, ...).
+    the path of a checkpoint in any layout `load_checkpoint` understands (`checkpoint_path`, as in
+    timm, is the same). A checkpoint that describes its model builds the model to match: a vitlab
+    file applies its stored constructor arguments and class count, an HF checkpoint its
+    `config.json` (LayerNorm eps, sizes, labels). `overrides` replace the variant's (and the
+    file's) constructor arguments (`num_classes`, `img_size`, `in_chans`, `drop_path_rate`, ...);
+    asking for another `num_classes` than the checkpoint's re-initialises the classifier (with a
+    warning), as fine-tuning on a new label set needs, and a mismatch not asked for is an error.
     With `features_only=True` the result returns a list of NCHW feature maps (see `FeatureExtractor`).
     """
     entry = get_entry(name)
-    config = {**entry.config, **overrides}
-    model = entry.builder(**config)
+    if checkpoint_path is not None:
+        if pretrained:
+            raise ValueError("pass the checkpoint as pretrained=PATH or checkpoint_path=PATH, not both")
+        pretrained = checkpoint_path
+    info = None
+    file_args: dict[str, Any] = {}
+    if pretrained and pretrained is not True:
+        from vitlab.checkpoint import inspect_checkpoint
+
+        info = inspect_checkpoint(pretrained)
+        file_args = _file_arguments(entry, info)
+    model = entry.builder(**{**entry.config, **file_args, **overrides})
     model.entry = entry
     if pretrained:
-        from vitlab.checkpoint import load_checkpoint, resolve_pretrained
-
-        path = resolve_pretrained(entry) if pretrained is True else Path(pretrained)
-        load_checkpoint(model, path, reset_head="auto", use_ema=entry.pretrained_ema and pretrained is True)
+        _load_pretrained(model, entry, pretrained, info, "num_classes" in overrides)
     if features_only:
         from vitlab.features import FeatureExtractor
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def load_model(path: str | Path, **overrides: Any) -> nn.Module:
+    """The model a vitlab file describes (a run's model.safetensors or checkpoint-last.pt, or its directory).
+
+    The file names the model and its constructor arguments, so nothing else is needed:
+
+        model = vitlab.load_model("runs/demo/model.safetensors").eval()
+    """
+    from vitlab.checkpoint import CheckpointError, inspect_checkpoint
+
+    info = inspect_checkpoint(path)
+    if info.model is None:
+        raise CheckpointError(
+            f"{info.path} does not say which model it holds (not a vitlab file): "
+            f"use vitlab.create_model(NAME, pretrained={str(path)!r})"
+        )
+    return create_model(info.model, pretrained=path, **overrides)
+
+
+def _file_arguments(entry: ModelEntry, info: Any) -> dict[str, Any]:
+    """Constructor arguments a checkpoint states for `entry`: a vitlab file's own, or its HF config's."""
+    args: dict[str, Any] = {}
+    if info.model == entry.name:
+        args = dict(info.model_args)
+    elif info.hf_config is not None and isinstance(entry.builder, type):
+        from vitlab.layouts import config_overrides
+
+        args = config_overrides(entry.builder, info.hf_config)
+    if "num_classes" not in args and info.class_names:
+        args["num_classes"] = len(info.class_names)
+    return args
+
+
+def _load_pretrained(model: nn.Module, entry: ModelEntry, pretrained: Any, info: Any, new_classes: bool) -> None:
+    from vitlab.checkpoint import CheckpointError, load_checkpoint
+    from vitlab.hub import resolve_pretrained
+
+    path = resolve_pretrained(entry) if pretrained is True else Path(pretrained)
+    try:
+        load_checkpoint(
+            model,
+            path,
+            reset_head="auto" if new_classes else False,
+            use_ema=entry.pretrained_ema and pretrained is True,
+        )
+    except CheckpointError as err:
+        if info is not None and info.model is not None and info.model != entry.name:
+            raise CheckpointError(f"{info.describe()}; you asked for {entry.name}.\n{err}") from err
+        raise
+    if info is not None and info.class_names is not None and len(info.class_names) == model.num_classes:
+        model.class_names = list(info.class_names)

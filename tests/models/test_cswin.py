@@ -53,15 +53,10 @@ def small(name="cswin_tiny_224", **kwargs):
     return vitlab.create_model(name, **config).eval()
 
 
-def test_a_stage_as_small_as_its_stripes_is_built_with_full_attention_as_officially():
-    at_112 = small(img_size=112)  # stage 3 is 7x7 = the stripe width 7
-    assert len(at_112.stage3[0].attns) == 1 and len(small().stage3[0].attns) == 2
-
-
-@pytest.mark.parametrize("size", [(224, 224), (100, 150), (17, 33), (3, 3)])
-def test_any_input_size(size):
-    with torch.no_grad():
-        assert small()(torch.randn(2, 3, *size)).shape == (2, 5)
+def test_full_attention_is_chosen_per_stage():
+    assert [len(small().get_submodule(f"stage{i}")[0].attns) for i in (1, 2, 3, 4)] == [2, 2, 2, 1]
+    full3 = small(full_attention=(False, False, True, True))  # e.g. the official code's at 112: stage 3 is 7x7
+    assert len(full3.stage3[0].attns) == 1 and full3.stage3[0].attns[0].get_v.in_channels == 64
 
 
 def naive_stripe_attention(layer: LePEStripeAttention, q, k, v, vertical: bool, width: int):
@@ -136,17 +131,6 @@ def test_stripe_masks_are_built_once_per_size():
     assert built > 0 and info.misses == built and info.hits >= built
 
 
-def test_features_only_gives_four_nchw_maps_at_strides_4_to_32():
-    extractor = vitlab.create_model(
-        "cswin_tiny_224", features_only=True, embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)
-    )
-    assert extractor.channels == [16, 32, 64, 128] and extractor.reductions == [4, 8, 16, 32]
-    maps = extractor(torch.randn(2, 3, 224, 224))
-    assert [tuple(m.shape) for m in maps] == [(2, 16, 56, 56), (2, 32, 28, 28), (2, 64, 14, 14), (2, 128, 7, 7)]
-    maps = extractor(torch.randn(1, 3, 100, 150))
-    assert [tuple(m.shape[-2:]) for m in maps] == [(25, 37), (13, 19), (7, 10), (4, 5)]
-
-
 def test_features_are_the_stage_outputs():
     model = small()
     x = torch.randn(1, 3, 64, 64)
@@ -159,26 +143,10 @@ def test_impossible_sizes_and_bad_configurations_are_named():
     model = small()
     with pytest.raises(ValueError, match="at least 3x3 pixels.*got 2x40"):
         model(torch.randn(1, 3, 2, 40))
-    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\).*\(1, 1, 32, 32\)"):
-        model(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match="num_heads 3 is odd"):
         small(embed_dim=18, num_heads=(3, 2, 4, 4))
     with pytest.raises(ValueError, match="one entry per stage"):
         small(depth=(1, 1, 1))
-
-
-def test_drop_path_and_grad_checkpointing():
-    model = small(drop_path_rate=0.1).train()
-    assert model.stage4[0].drop_path.drop_prob == pytest.approx(0.1)
-    x = torch.randn(2, 3, 48, 40)
-    torch.manual_seed(0)
-    plain = model(x)
-    model.set_grad_checkpointing(True)
-    torch.manual_seed(0)
-    checkpointed = model(x)
-    torch.testing.assert_close(plain, checkpointed)
-    checkpointed.sum().backward()
-    assert model.stage1[0].attns[1].get_v.weight.grad is not None
 
 
 def test_official_training_checkpoints_load_their_ema_weights(tmp_path):

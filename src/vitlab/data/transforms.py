@@ -1,54 +1,37 @@
-"""Evaluation preprocessing: resize, centre crop, normalise."""
+"""The one evaluation preprocessing, shared by `vitlab eval` (image folders) and `vitlab predict` (files)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-_PIL_INTERPOLATION = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-}
+
+def eval_load_size(img_size: int, crop_pct: float) -> int:
+    """The side images are decoded at before the centre crop of `img_size`: img_size / crop_pct, rounded up."""
+    return math.ceil(img_size / crop_pct)
 
 
-def eval_transform(
-    image: Image.Image,
-    size: int | tuple[int, int],
+def preprocess_files(
+    paths: Sequence[str | Path],
+    img_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     crop_pct: float = 0.875,
-    interpolation: str = "bicubic",
+    channels: int = 3,
 ) -> Tensor:
-    """The standard ImageNet evaluation: resize the short side to size / crop_pct, centre-crop, normalise.
+    """A batch of image files prepared exactly as `vitlab eval` prepares an image folder.
 
-    Returns a float (3, H, W) tensor.
+    Each file is decoded as RGB, its short side resized (bicubic) to `eval_load_size` and a square
+    centre-cropped (what the folder dataset stores); the batch is then centre-cropped to `img_size`
+    and normalised (what evaluation does to every batch). Returns float (N, channels, img_size, img_size).
     """
-    height, width = (size, size) if isinstance(size, int) else size
-    scale_size = math.floor(min(height, width) / crop_pct)
-    w, h = image.size
-    if w < h:
-        new_w, new_h = scale_size, max(1, round(h * scale_size / w))
-    else:
-        new_w, new_h = max(1, round(w * scale_size / h)), scale_size
-    image = image.resize((new_w, new_h), _PIL_INTERPOLATION[interpolation])
-    left, top = round((new_w - width) / 2), round((new_h - height) / 2)
-    image = image.crop((left, top, left + width, top + height))
-    return normalize(to_tensor(image), mean, std)
+    from vitlab.data.augment import EvalPreprocess
+    from vitlab.data.datasets import load_fixed_size
 
-
-def to_tensor(image: Image.Image) -> Tensor:
-    """An RGB PIL image as a float (3, H, W) tensor in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x - mean_t) / std_t
+    size = eval_load_size(img_size, crop_pct)
+    batch = torch.stack([load_fixed_size(Path(p), size) for p in paths])
+    return EvalPreprocess(img_size, mean, std, channels)(batch)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,18 +45,42 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
         x = self.proj(pad_to_multiple(x, self.patch_size))
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
 
 
+class ConvStem(nn.Module):
+    """A 3x3 conv-BN-ReLU per entry of `channels` (stride 2 unless `strides` says otherwise), then a
+    1x1 conv to `embed_dim` (Xiao et al. 2021, "Early Convolutions Help Transformers See Better", section 3).
+
+    Same interface as PatchEmbed: (B, C, H, W) -> tokens (B, N, D) and the grid (H', W'), with a
+    total stride (`patch_size`) of the product of the strides; sides that do not divide are zero-padded.
+    """
+
+    def __init__(self, channels: Sequence[int], in_chans: int, embed_dim: int, strides: Sequence[int] | None = None):
+        super().__init__()
+        strides = list(strides) if strides is not None else [2] * len(channels)
+        if len(strides) != len(channels):
+            raise ValueError(f"{len(channels)} stem channels but {len(strides)} strides")
+        layers, chs = [], in_chans
+        for width, stride in zip(channels, strides, strict=True):
+            layers += [nn.Conv2d(chs, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            chs = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(chs, embed_dim, 1)
+        self.patch_size = to_2tuple(math.prod(strides))
+        self.in_chans = in_chans
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(self.convs(pad_to_multiple(x, self.patch_size)))
+        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
+
+
 class ConvEmbed(nn.Module):
     """A strided convolution followed by LayerNorm over channels: NCHW in, channels-last (B, H, W, C) out.
 
-    The convolutional stem and the downsampling (merging) layers of CSWin and Pale: overlapping
-    kernels (7x7 stride 4 padding 2 for the stem, 3x3 stride 2 padding 1 between stages).
+    The convolutional stem of CSWin and Pale: an overlapping 7x7 kernel, stride 4, padding 2.
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int, stride: int, padding: int, eps: float = 1e-5):
@@ -63,3 +90,10 @@ class ConvEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class ConvMerge(ConvEmbed):
+    """`ConvEmbed` between the stages of a pyramid (3x3, stride 2, padding 1): channels-last in and out."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 3, 1, 2))

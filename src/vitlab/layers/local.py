@@ -465,10 +465,12 @@ class WindowAttention(AttentionLayer):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        resolution: Size2 | None = None,
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.resolution = resolution  # the map size at the model's img_size (what checkpoint buffers are made for)
         self.window_size = to_2tuple(window_size)
         self.shift_size = to_2tuple(shift_size)
         if any(not 0 <= s < w for s, w in zip(self.shift_size, self.window_size, strict=True)):

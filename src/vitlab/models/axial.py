@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer
-from vitlab.layers.embed import to_2tuple
 from vitlab.layers.local import axial_sequences, merge_axial_sequences
-from vitlab.layers.resnet import ConvStemResNet
+from vitlab.models.resnet import ConvStemResNet
 from vitlab.registry import register_model
 
 
@@ -178,10 +177,9 @@ class AxialResNet(ConvStemResNet):
         num_classes: int = 1000,
         zero_init_residual: bool = True,
     ):
-        super().__init__(in_chans, int(64 * s), num_classes)
+        super().__init__(in_chans, int(64 * s), num_classes, img_size)
         if len(layers) != 4:
             raise ValueError(f"an Axial-ResNet has 4 stages, got layers={tuple(layers)}")
-        self.img_size = to_2tuple(img_size)
         self.inplanes = int(64 * s)
         size = max(_stem_size(side) for side in self.img_size)
         for i, depth in enumerate(layers):
@@ -244,5 +242,6 @@ for _name, _layers, _s in [
         AxialResNet,
         dict(layers=_layers, s=_s),
         _REF,
+        tiny=dict(layers=(1, 1, 1, 1), s=0.0625, groups=2),
         paper=dict(top1=75.8) if _published else {},
     )

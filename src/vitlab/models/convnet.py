@@ -9,13 +9,12 @@ and a linear classifier. No published weights: train it with `vitlab train --mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from vitlab.registry import register_model
+from vitlab.models.base import Backbone
+from vitlab.registry import Preprocess, register_model
 
 
 def conv_bn(in_chs: int, out_chs: int, stride: int = 1) -> nn.Sequential:
@@ -24,12 +23,14 @@ def conv_bn(in_chs: int, out_chs: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class ConvNet(nn.Module):
+class ConvNet(Backbone):
     """Stages of [conv-BN-ReLU (stride 2 except in the first stage), conv-BN-ReLU]; avg pool; linear head.
 
-    Any input size works (the convolutions pad and the pooling is global). `img_size` is accepted
-    for a uniform interface and ignored.
+    Any input size works (the convolutions pad and the pooling is global); no parameter depends on
+    it (`img_size` is accepted like every model's). Each stage is one block for layer-wise decay.
     """
+
+    feature_format = "NCHW"
 
     def __init__(
         self,
@@ -37,70 +38,44 @@ class ConvNet(nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
-        img_size: int | None = None,
-        drop_path_rate: float = 0.0,
+        img_size: int | tuple[int, int] | None = None,
     ):
-        super().__init__()
-        del img_size, drop_path_rate  # no position tables, no residual paths to drop
-        self.num_classes = num_classes
+        super().__init__(in_chans, num_classes, img_size)
         self.num_features = widths[-1]
-        self.grad_checkpointing = False
         stages, chs = [], in_chans
         for i, width in enumerate(widths):
             stages.append(nn.Sequential(conv_bn(chs, width, 1 if i == 0 else 2), conv_bn(width, width)))
             chs = width
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(chs, num_classes) if num_classes else nn.Identity()
+        self.add_classifier("head", chs)
         self.feature_info = [dict(num_chs=w, reduction=2**i, module=f"stages.{i}") for i, w in enumerate(widths)]
         self.default_out_indices = tuple(range(len(widths)))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    classifier_keys = ("head",)
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.run_blocks(self.stages, x)
+
+    def iter_features(self, x: Tensor) -> Iterator[Tensor]:
+        self.check_input(x)
         for stage in self.stages:
-            x = self.run_stage(stage, x)
-        return x
+            x = self.run_blocks([stage], x)
+            yield x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=(2, 3)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        maps = {}
-        for i, stage in enumerate(self.stages[: max(indices) + 1]):
-            x = self.run_stage(stage, x)
-            maps[i] = x
-        return [maps[i] for i in indices]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+    def blocks_in_depth_order(self) -> list[nn.Module]:
+        return list(self.stages)
 
 
 _REFERENCE = "vitlab (a small VGG-style teacher for distillation)"
 for _name, _widths in (("convnet_tiny", (16, 32, 64)), ("convnet_small", (32, 64, 128))):
-    register_model(_name, ConvNet, dict(widths=_widths), _REFERENCE, input_size=(3, 32, 32), crop_pct=1.0)
+    register_model(
+        _name,
+        ConvNet,
+        dict(widths=_widths),
+        _REFERENCE,
+        tiny=dict(widths=(8, 16)),
+        preprocess=Preprocess((3, 32, 32), crop_pct=1.0),
+    )

@@ -32,11 +32,10 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, attend
-from vitlab.layers.embed import ConvEmbed, to_2tuple
+from vitlab.layers.embed import ConvMerge
 from vitlab.layers.local import (
     batch_mask,
     image_to_stripes,
@@ -45,7 +44,8 @@ from vitlab.layers.local import (
     stripe_layout,
     stripes_to_image,
 )
-from vitlab.registry import register_model
+from vitlab.models.pyramid import Pyramid
+from vitlab.registry import Preprocess, register_model
 
 
 class ChannelsLast(nn.Module):
@@ -155,14 +155,17 @@ class CSWinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class CSWinTransformer(nn.Module):
+class CSWinTransformer(Pyramid):
     """CSWin Transformer; `forward_features` returns the normalised final map (B, H/32, W/32, C).
 
-    `img_size` only decides which stages use a single full-attention branch, as the official code
-    does at construction: the last stage always, and any stage whose map at `img_size` equals its
-    stripe width (so that official checkpoints of such configurations load). The model itself runs
-    at any input size of at least 3x3 pixels.
+    `full_attention[i]` gives stage i a single full-attention branch instead of the two stripe
+    branches: the last stage, as officially. (The official code also decides it from the input size
+    it is built for, for any stage whose map equals its stripe width; such a configuration is
+    written here explicitly, e.g. `full_attention=(False, False, True, True)`.) The model runs at any
+    input size of at least 3x3 pixels.
     """
+
+    min_input_size = 3  # the 7x7 stride-4 stem with padding 2
 
     def __init__(
         self,
@@ -173,6 +176,7 @@ class CSWinTransformer(nn.Module):
         depth: Sequence[int] = (2, 2, 6, 2),
         split_size: Sequence[int] = (1, 2, 7, 7),
         num_heads: Sequence[int] = (4, 8, 16, 32),
+        full_attention: Sequence[bool] = (False, False, False, True),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
@@ -180,111 +184,38 @@ class CSWinTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-5,
     ):
-        super().__init__()
-        if not len(depth) == len(split_size) == len(num_heads) == 4:
+        super().__init__(in_chans, num_classes, img_size)
+        if not len(depth) == len(split_size) == len(num_heads) == len(full_attention) == 4:
             raise ValueError(
-                f"depth, split_size and num_heads need one entry per stage (4), got {depth}, {split_size}, {num_heads}"
+                f"depth, split_size, num_heads and full_attention need one entry per stage (4), got {depth}, "
+                f"{split_size}, {num_heads}, {full_attention}"
             )
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.grad_checkpointing = False
-        img_size = to_2tuple(img_size)
         dims = [embed_dim * 2**i for i in range(4)]
-        self.embed_dim, self.num_features = embed_dim, dims[-1]
 
         self.stage1_conv_embed = nn.Sequential(
             nn.Conv2d(in_chans, embed_dim, kernel_size=7, stride=4, padding=2), ChannelsLast(), norm_layer(embed_dim)
         )
-        rates = drop_path_rates(drop_path_rate, sum(depth))
+        rates = iter(drop_path_rates(drop_path_rate, sum(depth)))
         for i in range(4):
-            stride = 4 * 2**i
-            full = i == 3 or all(side // stride == split_size[i] for side in img_size)
-            first = sum(depth[:i])
-            blocks = [
-                CSWinBlock(
-                    dims[i],
-                    num_heads[i],
-                    split_size[i],
-                    full,
-                    mlp_ratio,
-                    qkv_bias,
-                    drop_rate,
-                    attn_drop_rate,
-                    rates[first + j],
-                    norm_layer,
-                )
-                for j in range(depth[i])
-            ]
+            block = partial(CSWinBlock, dims[i], num_heads[i], split_size[i], full_attention[i], mlp_ratio, qkv_bias)
+            blocks = [block(drop_rate, attn_drop_rate, next(rates), norm_layer) for _ in range(depth[i])]
             self.add_module(f"stage{i + 1}", nn.ModuleList(blocks))
             if i < 3:
-                self.add_module(f"merge{i + 1}", ConvEmbed(dims[i], dims[i + 1], 3, 2, 1, eps=norm_eps))
+                self.add_module(f"merge{i + 1}", ConvMerge(dims[i], dims[i + 1], 3, 2, 1, eps=norm_eps))
         self.norm = norm_layer(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
+        self.set_feature_info(dims, [f"stage{i + 1}" for i in range(4)])
+        self.add_classifier("head", dims[-1])
+        self._init_linear_layers()
 
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stage{i + 1}") for i in range(4)]
-        self.default_out_indices = (0, 1, 2, 3)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-    # Contracts used by training and checkpoint loading.
-    classifier_keys = ("head",)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self._init_weights(self.head)
-
-    # The forward pass, top-down.
-    def stem(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
-        if min(x.shape[-2:]) < 3:
-            raise ValueError(
-                f"CSWin needs images of at least 3x3 pixels (7x7 stride-4 stem with padding 2), "
-                f"got {x.shape[-2]}x{x.shape[-1]}"
-            )
+    def embed(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         return self.stage1_conv_embed(x)
 
-    def stages(self, x: Tensor) -> list[Tensor]:
-        """The (B, H, W, C) output of each stage, at strides 4, 8, 16 and 32."""
-        outputs = []
-        for i in range(4):
-            if i:
-                x = getattr(self, f"merge{i}")(x.permute(0, 3, 1, 2))
-            for block in getattr(self, f"stage{i + 1}"):
-                x = (
-                    checkpoint(block, x, use_reentrant=False)
-                    if self.grad_checkpointing and torch.is_grad_enabled()
-                    else block(x)
-                )
-            outputs.append(x)
-        return outputs
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.stages(self.stem(x))[-1])
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=(1, 2)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """The outputs of the stages in `indices` (0-3) as NCHW maps at strides 4/8/16/32 (not normalised)."""
-        outputs = self.stages(self.stem(x))
-        return [outputs[i].permute(0, 3, 1, 2) for i in indices]
+    def stage_parts(self) -> list[tuple[nn.Module | None, Sequence[nn.Module]]]:
+        merges = [None, self.merge1, self.merge2, self.merge3]
+        return [(merges[i], getattr(self, f"stage{i + 1}")) for i in range(4)]
 
 
 _CSWIN = "CSWin: Dong et al. 2022 (microsoft/CSWin-Transformer)"
@@ -306,8 +237,8 @@ for _name, (_dim, _depth, _heads, _split, _official, _top1) in _VARIANTS.items()
         CSWinTransformer,
         dict(img_size=_img, embed_dim=_dim, depth=_depth, num_heads=_heads, split_size=_split),
         f"{_CSWIN}, {_official}",
-        input_size=(3, _img, _img),
-        crop_pct=0.9 if _img == 224 else 1.0,
+        tiny=dict(embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)),
+        preprocess=Preprocess((3, _img, _img), crop_pct=0.9 if _img == 224 else 1.0),
         url=_RELEASE.format(_name),
         pretrained_ema=True,
         paper=dict(top1=_top1),

@@ -45,11 +45,11 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from vitlab.layers import DropPath, Mlp, drop_path_rates
+from vitlab.layers import Mlp, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, attend
-from vitlab.layers.embed import ConvEmbed
+from vitlab.layers.blocks import PreNormBlock
+from vitlab.layers.embed import ConvEmbed, ConvMerge
 from vitlab.layers.local import (
     batch_mask,
     column_groups_to_image,
@@ -60,6 +60,7 @@ from vitlab.layers.local import (
     pale_key_mask,
     row_groups_to_image,
 )
+from vitlab.models.pyramid import Pyramid, Stage
 from vitlab.registry import register_model
 
 
@@ -136,8 +137,8 @@ class PaleShapedAttention(nn.Module):
         return self.proj_drop(self.proj(torch.cat([rows, columns], dim=-1)))
 
 
-class PaleBlock(nn.Module):
-    """Conditional position encoding, then pre-norm PS-Attention and MLP residuals."""
+class PaleBlock(PreNormBlock):
+    """Conditional position encoding, x + DWConv3x3(x), then pre-norm PS-Attention and MLP residuals."""
 
     def __init__(
         self,
@@ -151,44 +152,26 @@ class PaleBlock(nn.Module):
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
     ):
-        super().__init__()
+        attn = PaleShapedAttention(dim, num_heads, pale_size, qkv_bias, attn_drop, drop)
+        super().__init__(dim, attn, Mlp(dim, int(dim * mlp_ratio), drop=drop), drop_path, norm_layer=norm_layer)
         self.cpe = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
-        self.norm1 = norm_layer(dim)
-        self.attn = PaleShapedAttention(dim, num_heads, pale_size, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return super().forward(x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
-class PaleStage(nn.Module):
-    def __init__(self, downsample: nn.Module | None, blocks: list[nn.Module]):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.ModuleList(blocks)
-        self.grad_checkpointing = False
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H', W', C')
-        if self.downsample is not None:
-            x = self.downsample(x.permute(0, 3, 1, 2))
-        for block in self.blocks:
-            use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
-            x = checkpoint(block, x, use_reentrant=False) if use_checkpoint else block(x)
-        return x
-
-
-class PaleTransformer(nn.Module):
+class PaleTransformer(Pyramid):
     """Pale Transformer; `forward_features` returns the normalised final map (B, H/32, W/32, C).
 
     Runs at any input size of at least 3x3 pixels (see the module docstring for the padding).
+    `img_size` is accepted like every model's; no parameter depends on it.
     """
+
+    min_input_size = 3  # the 7x7 stride-4 stem with padding 2
 
     def __init__(
         self,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         embed_dim: int = 64,
@@ -202,98 +185,35 @@ class PaleTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-5,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, img_size)
         if not len(depth) == len(num_heads) == len(pale_size) == 4:
             raise ValueError(
                 f"depth, num_heads and pale_size need one entry per stage (4), got {depth}, {num_heads}, {pale_size}"
             )
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         dims = [embed_dim * 2**i for i in range(4)]
-        self.embed_dim, self.num_features = embed_dim, dims[-1]
 
         self.stem = ConvEmbed(in_chans, embed_dim, 7, 4, 2, eps=norm_eps)
-        rates = drop_path_rates(drop_path_rate, sum(depth))
+        rates = iter(drop_path_rates(drop_path_rate, sum(depth)))
         stages = []
         for i in range(4):
-            first = sum(depth[:i])
-            blocks = [
-                PaleBlock(
-                    dims[i],
-                    num_heads[i],
-                    pale_size[i],
-                    mlp_ratio,
-                    qkv_bias,
-                    drop_rate,
-                    attn_drop_rate,
-                    rates[first + j],
-                    norm_layer,
-                )
-                for j in range(depth[i])
-            ]
-            downsample = ConvEmbed(dims[i - 1], dims[i], 3, 2, 1, eps=norm_eps) if i else None
-            stages.append(PaleStage(downsample, blocks))
+            block = partial(PaleBlock, dims[i], num_heads[i], pale_size[i], mlp_ratio, qkv_bias)
+            blocks = [block(drop_rate, attn_drop_rate, next(rates), norm_layer) for _ in range(depth[i])]
+            downsample = ConvMerge(dims[i - 1], dims[i], 3, 2, 1, eps=norm_eps) if i else None
+            stages.append(Stage(downsample, blocks))
         self.stages = nn.ModuleList(stages)
         self.norm = norm_layer(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes else nn.Identity()
+        self.set_feature_info(dims, [f"stages.{i}" for i in range(4)])
+        self.add_classifier("head", dims[-1])
+        self._init_linear_layers()
 
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stages.{i}") for i in range(4)]
-        self.default_out_indices = (0, 1, 2, 3)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-    # Contracts used by training and checkpoint loading.
-    classifier_keys = ("head",)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self._init_weights(self.head)
-
-    # The forward pass, top-down.
     def embed(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}")
-        if min(x.shape[-2:]) < 3:
-            raise ValueError(
-                f"Pale Transformer needs images of at least 3x3 pixels (7x7 stride-4 stem with padding 2), "
-                f"got {x.shape[-2]}x{x.shape[-1]}"
-            )
+        self.check_input(x)
         return self.stem(x)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.embed(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=(1, 2)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """The outputs of the stages in `indices` (0-3) as NCHW maps at strides 4/8/16/32 (not normalised)."""
-        x = self.embed(x)
-        outputs = []
-        for stage in self.stages[: max(indices) + 1]:
-            x = stage(x)
-            outputs.append(x)
-        return [outputs[i].permute(0, 3, 1, 2) for i in indices]
+    def stage_parts(self) -> list[tuple[nn.Module | None, Sequence[nn.Module]]]:
+        return [(stage.downsample, stage.blocks) for stage in self.stages]
 
 
 _PALE = "Pale: Wu et al. 2022 (arXiv 2112.14000), implemented from the paper (no official code)"
@@ -309,5 +229,6 @@ for _name, (_dim, _heads, _top1) in _VARIANTS.items():
         PaleTransformer,
         dict(embed_dim=_dim, depth=(2, 2, 16, 2), num_heads=_heads, pale_size=(7, 7, 7, 7)),
         _PALE,
+        tiny=dict(embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)),
         paper=dict(top1=_top1),
     )

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.local import neighbourhood_mask, neighbourhoods
-from vitlab.layers.resnet import ConvStemResNet
+from vitlab.models.resnet import ConvStemResNet
 from vitlab.registry import register_model
 
 
@@ -140,7 +140,11 @@ class AttentionBottleneck(nn.Module):
 
 
 class SASAResNet(ConvStemResNet):
-    """A ResNet with local self-attention in place of every spatial convolution but the stem's."""
+    """A ResNet with local self-attention in place of every spatial convolution but the stem's.
+
+    `width` is the stem's and the first stage's number of channels (64 in the paper), doubling per
+    stage. No parameter depends on the input size (`img_size` is accepted like every model's).
+    """
 
     def __init__(
         self,
@@ -150,19 +154,21 @@ class SASAResNet(ConvStemResNet):
         in_chans: int = 3,
         num_classes: int = 1000,
         zero_init_residual: bool = True,
+        width: int = 64,
+        img_size: int | tuple[int, int] | None = None,
     ):
-        super().__init__(in_chans, 64, num_classes)
+        super().__init__(in_chans, width, num_classes, img_size)
         if len(layers) != 4:
             raise ValueError(f"a SASA ResNet has 4 stages, got layers={tuple(layers)}")
-        inplanes = 64
+        inplanes = width
         for i, depth in enumerate(layers):
-            planes, stride = 64 * 2**i, 1 if i == 0 else 2
+            planes, stride = width * 2**i, 1 if i == 0 else 2
             out = planes * AttentionBottleneck.expansion
             blocks = [AttentionBottleneck(inplanes, planes, stride, kernel_size, num_heads, downsample=True)]
             blocks += [AttentionBottleneck(out, planes, 1, kernel_size, num_heads) for _ in range(1, depth)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             inplanes = out
-        self._build_head([64 * 2**i * AttentionBottleneck.expansion for i in range(4)])
+        self._build_head([width * 2**i * AttentionBottleneck.expansion for i in range(4)])
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -180,4 +186,11 @@ class SASAResNet(ConvStemResNet):
 
 _REF = "SASA: Ramachandran et al. 2019"
 for _depth, _layers, _top1 in [(26, (1, 2, 4, 1), 75.8), (38, (2, 3, 5, 2), 77.1), (50, (3, 4, 6, 3), 77.4)]:
-    register_model(f"sasa_resnet{_depth}", SASAResNet, dict(layers=_layers), _REF, paper=dict(top1=_top1))
+    register_model(
+        f"sasa_resnet{_depth}",
+        SASAResNet,
+        dict(layers=_layers),
+        _REF,
+        tiny=dict(layers=(1, 1, 1, 1), width=8, num_heads=2),
+        paper=dict(top1=_top1),
+    )

@@ -118,27 +118,3 @@ def save_final_weights(
         "vitlab_model_args": json.dumps(model_args),
     }
     atomic_write_bytes(path, save(tensors, metadata=metadata))
-
-
-def read_model_spec(path: str | Path) -> tuple[str | None, dict[str, Any]]:
-    """The model name and constructor arguments stored by `save_final_weights` (model.safetensors) or in a
-    training checkpoint (checkpoint-last.pt), if any."""
-    path = Path(path)
-    if path.suffix == ".pt" and path.is_file():  # a training checkpoint (checkpoint-last.pt)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # not ours or unreadable: the loader reports it properly later
-            return None, {}
-        if isinstance(state, dict) and isinstance(state.get("config"), dict) and "model_args" in state:
-            return state["config"].get("model"), dict(state["model_args"])
-        return None, {}
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None, {}
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError):
-        return None, {}
-    return meta.get("vitlab_model"), json.loads(meta.get("vitlab_model_args", "{}"))

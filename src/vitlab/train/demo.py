@@ -31,13 +31,13 @@ DEMO_RECIPE = dict(
 
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dict:
+    from vitlab.analysis.attention import class_token_attention
     from vitlab.data.augment import EvalPreprocess
     from vitlab.data.datasets import demo_dataset
-    from vitlab.registry import create_model
-    from vitlab.train.checkpoint import read_model_spec
+    from vitlab.registry import load_model
     from vitlab.train.config import make_config
     from vitlab.train.engine import train
-    from vitlab.train.plots import class_token_attention, plot_attention
+    from vitlab.train.plots import plot_attention
 
     output = Path(output)
     values = {**DEMO_RECIPE, "output": str(output)}
@@ -46,12 +46,12 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dic
     resume = (output / "checkpoint-last.pt").exists()
     summary = train(make_config(values), resume=resume)
 
-    name, args = read_model_spec(output / "model.safetensors")
-    model = create_model(name, pretrained=output / "model.safetensors", **args).eval()
+    model = load_model(output / "model.safetensors").eval()
     test = demo_dataset("test")
     picks = torch.tensor([int((test.labels == c).nonzero()[1]) for c in range(10)])
     images, labels = test.get_batch(picks)
-    x = EvalPreprocess(args["img_size"], model.entry.mean, model.entry.std, 1)(images)
+    pre = model.entry.preprocess
+    x = EvalPreprocess(model.img_size[0], pre.mean, pre.std, model.in_chans)(images)
     with torch.no_grad():
         predicted = model(x).argmax(-1)
     attention = class_token_attention(model, x)

@@ -13,7 +13,6 @@ and replays the same computation, so on CPU it ends with bit-identical weights.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.checkpoint import CheckpointError, load_checkpoint
+from vitlab.checkpoint import CheckpointError, inspect_checkpoint
 from vitlab.data.augment import EvalPreprocess, Mixup, TrainAugment
 from vitlab.data.datasets import (
     KNOWN_DATASETS,
@@ -39,6 +38,7 @@ from vitlab.data.datasets import (
     materialize,
 )
 from vitlab.data.loader import eval_batches, train_batches
+from vitlab.data.transforms import eval_load_size
 from vitlab.registry import create_model, get_entry
 from vitlab.train import checkpoint as ckpt
 from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, make_config, save_yaml
@@ -73,26 +73,16 @@ class TrainModule(nn.Module):
     def __init__(self, model: nn.Module, mixing: PatchMixingLoss | None, need_patches: bool):
         super().__init__()
         self.model, self.mixing, self.need_patches = model, mixing, need_patches
-        if need_patches:
-            missing = [
-                a for a in ("embed", "blocks", "run_block", "norm", "num_prefix_tokens") if not hasattr(model, a)
-            ]
-            if missing:
-                raise ConfigError(
-                    f"the patch diversification losses need a plain ViT-style model; {type(model).__name__} "
-                    f"lacks {', '.join(missing)}"
-                )
+        if need_patches and not model.has_patch_tokens:
+            raise ConfigError(
+                f"the patch diversification losses (--patch-cosine, --patch-contrastive, --patch-mixing) read patch "
+                f"tokens; {type(model).__name__} has none (its features are a {model.feature_format} map)"
+            )
 
     def forward(self, x: Tensor) -> tuple[Any, Tensor | None, Tensor | None]:
         if not self.need_patches:
             return self.model(x), None, None
-        m = self.model
-        tokens, _ = m.embed(x)
-        first = tokens[:, m.num_prefix_tokens :]
-        for block in m.blocks:
-            tokens = m.run_block(block, tokens)
-        tokens = m.norm(tokens)
-        return m.forward_head(tokens), first, tokens[:, m.num_prefix_tokens :]
+        return self.model.forward_patch_tokens(x)
 
 
 def _log(info: DistInfo, message: str) -> None:
@@ -106,26 +96,13 @@ def _progress(config: TrainConfig, info: DistInfo) -> bool:
     return config.progress == "on" or sys.stderr.isatty()
 
 
-def _builder_accepts(name: str, argument: str) -> bool:
-    builder = get_entry(name).builder
-    params = inspect.signature(builder).parameters
-    return argument in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def input_channels(model: nn.Module) -> int:
-    """The number of image channels a model takes: that of its first convolution (3 if it has none)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else 3
-
-
 def build_model(
     config: TrainConfig, num_classes: int, img_size: int, load_pretrained: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The student, with the constructor arguments to rebuild it (stored with the final weights)."""
     args = dict(config.model_args)
     args["num_classes"] = num_classes
-    if _builder_accepts(config.model, "img_size"):
-        args.setdefault("img_size", img_size)
+    args.setdefault("img_size", img_size)
     if config.drop_path is not None:
         args["drop_path_rate"] = config.drop_path
     try:
@@ -139,10 +116,12 @@ def build_model(
 def build_teacher(config: TrainConfig, num_classes: int, device: torch.device) -> tuple[nn.Module, Any]:
     if not config.teacher_checkpoint:
         raise ConfigError("a teacher needs its trained weights: pass --teacher-checkpoint PATH")
-    name, saved_args = ckpt.read_model_spec(config.teacher_checkpoint)
-    args = {**(saved_args if name == config.teacher else {}), **config.teacher_args, "num_classes": num_classes}
-    teacher = create_model(config.teacher, **args)
-    load_checkpoint(teacher, config.teacher_checkpoint)  # strict: a teacher for another model or label set fails
+    # Strict: the file's own architecture and class count, or an error for another model.
+    teacher = create_model(config.teacher, pretrained=config.teacher_checkpoint, **config.teacher_args)
+    if teacher.num_classes != num_classes:
+        raise ConfigError(
+            f"the teacher {config.teacher_checkpoint} has {teacher.num_classes} classes, the data {num_classes}"
+        )
     teacher.eval().requires_grad_(False).to(device)
     return teacher, get_entry(config.teacher)
 
@@ -248,8 +227,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     entry = get_entry(config.model)
     img_size = config.img_size
     if img_size is None and config.data.lower() not in KNOWN_DATASETS:
-        img_size = entry.input_size[1]
-    load_size = math.ceil(img_size / entry.crop_pct) if img_size else 1  # array datasets keep their own size
+        img_size = entry.preprocess.img_size
+    load_size = eval_load_size(img_size, entry.preprocess.crop_pct) if img_size else 1  # arrays keep their size
     data = build_datasets(
         config.data, config.data_dir, folder_size=load_size, val_fraction=config.val_fraction, holdout=config.holdout
     )
@@ -284,7 +263,7 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
 
     # Model, teacher, losses, optimiser.
     model, model_args = build_model(config, num_classes, img_size, load_pretrained=state is None)
-    channels = input_channels(model)
+    channels = model.in_chans
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -312,7 +291,7 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     )
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     ema = ModelEma(model, config.ema_decay) if config.ema else None
-    patch_size = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
+    patch_size = model.patch_size[0] if model.patch_size else 1
     mixup = Mixup(
         num_classes,
         config.mixup,
@@ -324,8 +303,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     )
     augment = TrainAugment(
         img_size,
-        entry.mean,
-        entry.std,
+        entry.preprocess.mean,
+        entry.preprocess.std,
         channels,
         config.crop,
         config.scale,
@@ -338,7 +317,7 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     ).to(device)
     eval_size = img_size
     evaluator = Evaluator(
-        EvalPreprocess(eval_size, entry.mean, entry.std, channels).to(device),
+        EvalPreprocess(eval_size, entry.preprocess.mean, entry.preprocess.std, channels).to(device),
         config.eval_batch_size or max(1, config.batch_size // per_step),
         info,
         config.workers,
@@ -347,7 +326,8 @@ def _train(config: TrainConfig, resume: bool, info: DistInfo) -> dict[str, Any]:
     teacher_affine = None
     if teacher is not None:  # the teacher sees the same image under its own normalisation
         s_mean, s_std = augment.normalize.mean, augment.normalize.std
-        t_norm = EvalPreprocess(eval_size, teacher_entry.mean, teacher_entry.std, channels).normalize.to(device)
+        t_pre = teacher_entry.preprocess
+        t_norm = EvalPreprocess(eval_size, t_pre.mean, t_pre.std, channels).normalize.to(device)
         teacher_affine = (s_std / t_norm.std, (s_mean - t_norm.mean) / t_norm.std)
 
     # Resume.
@@ -614,28 +594,28 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 / top-5 of a checkpoint on a dataset split (`vitlab eval`)."""
     info = DistInfo(device=resolve_device(device))
-    saved_name, saved_args = ckpt.read_model_spec(checkpoint)
-    model_name = model_name or saved_name
+    described = inspect_checkpoint(checkpoint)
+    model_name = model_name or described.model
     if not model_name:
         raise ConfigError(f"{checkpoint} does not say which model it holds: pass --model NAME")
     entry = get_entry(model_name)
-    if img_size is None and model_name == saved_name:
-        img_size = saved_args.get("img_size")
+    overrides = {} if img_size is None else {"img_size": img_size}
+    if img_size is None and model_name == described.model:
+        img_size = described.model_args.get("img_size")
     if img_size is None and data.lower() not in KNOWN_DATASETS:
-        img_size = entry.input_size[1]
-    splits = build_datasets(data, data_dir, folder_size=math.ceil(img_size / entry.crop_pct) if img_size else 1)
+        img_size = entry.preprocess.img_size
+    load_size = eval_load_size(img_size, entry.preprocess.crop_pct) if img_size else 1
+    splits = build_datasets(data, data_dir, folder_size=load_size)
     if img_size is None:
-        img_size = splits.train.size[0]
+        img_size = overrides["img_size"] = splits.train.size[0]
     dataset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
-    args = {**(saved_args if model_name == saved_name else {}), "num_classes": len(splits.classes)}
-    if _builder_accepts(model_name, "img_size"):
-        args["img_size"] = img_size
-    model = create_model(model_name, **args)
-    load_checkpoint(model, checkpoint)
+    model = create_model(model_name, pretrained=checkpoint, **overrides)
+    if model.num_classes != len(splits.classes):
+        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(splits.classes)}")
     model.to(info.device).eval()
-    channels = input_channels(model)
+    pre = entry.preprocess
     evaluator = Evaluator(
-        EvalPreprocess(img_size, entry.mean, entry.std, channels).to(info.device), batch_size, info, workers, progress
+        EvalPreprocess(img_size, pre.mean, pre.std, model.in_chans).to(info.device), batch_size, info, workers, progress
     )
     config = TrainConfig(amp=amp)
     metrics = evaluator(model, dataset, _autocast(config, info.device), f"evaluating {split}")

@@ -3,58 +3,20 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-_BLOCK = re.compile(r"^(.*?(?:blocks|layers|stages|levels)\.\d+)\.")
-
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """Depth of every parameter for layer-wise lr decay, and the number of layers L.
+    """Depth of every parameter for layer-wise lr decay, and the number of blocks L.
 
-    A model may define `layer_id(name) -> int` (with `num_layers`) to decide. Otherwise the
-    transformer blocks are found from the names: a parameter inside the k-th block met in
-    registration order (`blocks.3.`, `layers.1.blocks.0.`, `stages.2.`...) gets k + 1; parameters
-    registered before the first block (patch embedding, class token, position table) get 0; those
-    after the last block (final norm, head) get L + 1; anything between blocks (e.g. a patch
-    merging layer) shares the depth of the block before it.
+    From the model's `block_order()`: the embedding is depth 0, block k is depth k, the final norm
+    and head depth L + 1.
     """
-    names = [n for n, _ in model.named_parameters()]
-    if hasattr(model, "layer_id"):
-        ids = {n: int(model.layer_id(n)) for n in names}
-        return ids, int(getattr(model, "num_layers", max(ids.values()) - 1))
-    paths = {n: _deepest_block(n) for n in names if _BLOCK.match(n)}
-    containers = set(paths.values())
-    # A block is a numbered container with no numbered container inside it (`layers.1` holds blocks).
-    leaves = {c for c in containers if not any(o.startswith(c + ".") for o in containers)}
-    blocks: dict[str, int] = {}
-    for name in names:
-        if paths.get(name) in leaves:
-            blocks.setdefault(paths[name], len(blocks) + 1)
-    depth = len(blocks)
-    in_block = [n for n in names if paths.get(n) in leaves]
-    last_block_param = names.index(in_block[-1]) if in_block else -1
-    ids, current, seen_block = {}, 0, False
-    for i, name in enumerate(names):
-        if paths.get(name) in leaves:
-            current, seen_block = blocks[paths[name]], True
-            ids[name] = current
-        elif not seen_block:
-            ids[name] = 0
-        elif i > last_block_param:
-            ids[name] = depth + 1
-        else:
-            ids[name] = current
-    return ids, depth
-
-
-def _deepest_block(name: str) -> str:
-    """`layers.1.blocks.0.attn.qkv.weight` -> `layers.1.blocks.0`: the innermost numbered container."""
-    matches = list(re.finditer(r"(?:blocks|layers|stages|levels)\.\d+", name))
-    return name[: matches[-1].end()]
+    groups = model.block_order()
+    return {name: depth for depth, names in enumerate(groups) for name in names}, len(groups) - 2
 
 
 def param_groups(

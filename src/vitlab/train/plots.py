@@ -1,4 +1,4 @@
-"""Pictures of a run: loss and accuracy curves, and class-token attention over the patches."""
+"""Pictures of a run: loss and accuracy curves, and attention maps drawn over the images."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vitlab.train.checkpoint import atomic_write_bytes
 
@@ -41,22 +40,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     atomic_write_bytes(path, _figure_bytes(fig))
     plt.close(fig)
-
-
-@torch.no_grad()
-def class_token_attention(model: nn.Module, images: Tensor) -> Tensor:
-    """The class token's attention over the patches, averaged over heads, for the last block: (B, H', W')."""
-    from vitlab.layers.attention import capture_attention
-
-    model.eval()
-    with capture_attention(model) as maps:
-        model(images)
-    last = [name for name, probs in maps.items() if probs][-1]
-    probs = maps[last][0]  # (B, heads, tokens, tokens)
-    prefix = getattr(model, "num_prefix_tokens", 1)
-    cls = probs[:, :, 0, prefix:].mean(dim=1)
-    grid = int(round(cls.shape[-1] ** 0.5))
-    return cls.reshape(-1, grid, cls.shape[-1] // grid)
 
 
 def plot_attention(
