@@ -1,7 +1,8 @@
 """Parity against the reference implementations, one fixture per (model, reference layout).
 
 Each fixture in tests/parity/fixtures holds weights exactly as a reference implementation names
-them, a float64 input, and the output the reference computed in float64 (see tools/fixtures/).
+them, an input, and the output the reference computed in float64 (see tools/fixtures/; weights and
+input hold float32 values, stored exactly as float32).
 Here the weights go through vitlab's converter for that layout into the vitlab model, which is then
 converted to float64 and must reproduce the output within a max relative error of 1e-8
 (max |ours - reference| / max |reference|): a wrong eps or a transposed weight cannot hide in
@@ -10,7 +11,7 @@ float32 rounding.
 A fixture whose metadata has "hf_config" is an HF checkpoint with HF's own configuration: its
 state is written as model.safetensors beside that config.json and loaded through
 `vitlab.create_model(..., pretrained=path)`, whose constructor arguments leave out what only
-config.json says (layer_norm_eps).
+config.json says (layer_norm_eps): vitlab must read it there.
 """
 
 import json
@@ -23,7 +24,8 @@ from safetensors.torch import save_file
 
 import vitlab
 from tests.helpers import max_rel_error
-from vitlab.checkpoint import convert_state_dict, load_state_dict
+from vitlab.checkpoint import load_state_dict
+from vitlab.layouts import convert_state_dict
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.safetensors"))
 TOLERANCE = 1e-8
@@ -51,9 +53,10 @@ def load_hf_checkpoint(meta: dict, state: dict, directory: Path) -> torch.nn.Mod
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_matches_reference(path: Path, tmp_path: Path):
     meta, state, inputs, expected = read_fixture(path)
-    assert meta.get("dtype") == "float64" and inputs.dtype == expected.dtype == torch.float64, (
+    assert meta.get("dtype") == "float64" and expected.dtype == torch.float64, (
         f"{path.name} is not a float64 fixture: regenerate it with tools/fixtures/"
     )
+    inputs = inputs.double()  # float32 values, stored exactly
     if "hf_config" in meta:
         model = load_hf_checkpoint(meta, state, tmp_path)
         layout = convert_state_dict(model, dict(state))[1]
@@ -68,14 +71,9 @@ def test_matches_reference(path: Path, tmp_path: Path):
     assert actual.shape == expected.shape
     error = max_rel_error(actual, expected)
     message = f"{path.name}: max relative error {error:.3g} in float64 (reference {meta['reference']})"
-    if "hf_config" in meta:
-        # Expected to fail until vitlab reads config.json beside the weights: the kwargs leave out
-        # norm_eps, so the model keeps vitlab's own eps instead of HF's layer_norm_eps.
+    if "hf_config" in meta:  # the eps came from config.json, not from the arguments
         config_eps = json.loads(meta["hf_config"]).get("layer_norm_eps")
-        message += (
-            f"; config.json gives layer_norm_eps={config_eps}, the model built by create_model(pretrained=...) "
-            f"has LayerNorm eps {layer_norm_eps(model)} (vitlab does not read config.json yet)"
-        )
+        message += f"; config.json: layer_norm_eps={config_eps}, the model's LayerNorm eps {layer_norm_eps(model)}"
     assert error < TOLERANCE, message
 
 
