@@ -74,9 +74,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vitlab.train.checkpoint import load_training_checkpoint
     from vitlab.train.config import FIELDS, load_yaml, make_config
-    from vitlab.train.engine import CHECKPOINT, train
+    from vitlab.train.run import train
+    from vitlab.train.rundir import RunDir
 
     values: dict = {}
     explicit = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
@@ -84,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = explicit.get("output") or (load_yaml(args.config).get("output") if args.config else None)
         if not output:
             raise UsageError("--resume needs --output DIR, the run to continue")
-        values.update(load_training_checkpoint(Path(output) / CHECKPOINT)["config"])
+        if RunDir(output).has_checkpoint():  # else the run starts: the same command after any pre-emption
+            values.update(RunDir(output).read_checkpoint()["config"])
     if args.config:
         values.update(load_yaml(args.config))
     values.update(explicit)
@@ -96,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vitlab.train.engine import evaluate
+    from vitlab.train.evaluate import evaluate
 
     metrics = evaluate(
         args.model,
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--img-size", type=positive_int)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--workers", type=int, default=2)
-    evaluate.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    evaluate.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
     evaluate.set_defaults(func=cmd_eval)
 
     demo = commands.add_parser("demo", help="train a small ViT on the built-in data and draw its attention")
@@ -222,7 +223,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitlab.train.engine import TrainingDiverged
+    from vitlab.train.loop import TrainingDiverged
 
     try:
         return args.func(args)

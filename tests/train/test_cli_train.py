@@ -37,7 +37,7 @@ def test_a_run_writes_everything(run):
         "curves.png",
     } <= names
     summary = json.loads((output / "summary.json").read_text())
-    for key in ("test_top1", "test_top5", "best_top1", "epochs", "train_seconds", "params"):
+    for key in ("test_top1", "test_top5", "best_val_top1", "val_is_test", "epochs", "train_seconds", "params"):
         assert key in summary
     model = vitlab.create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, **TINY_VIT)
     assert summary["epochs"] == 3 and summary["params"] == sum(p.numel() for p in model.parameters())
@@ -102,9 +102,9 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 
 def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import vitlab.train.engine as engine
+    import vitlab.train.tasks.classification as classification
 
-    real = engine.soft_target_cross_entropy
+    real = classification.soft_target_cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, targets):
@@ -112,7 +112,7 @@ def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] == 6 else loss  # 4 steps per epoch: step 6 is in epoch 2
 
-    monkeypatch.setattr(engine, "soft_target_cross_entropy", poisoned)
+    monkeypatch.setattr(classification, "soft_target_cross_entropy", poisoned)
     data = write_mnist(tmp_path / "data", train=64)
     assert main(train_args(data, tmp_path / "out", epochs=3)) == 3
     err = capsys.readouterr().err
@@ -268,7 +268,7 @@ def test_holdout_validates_on_training_images_and_tests_once_at_the_end(tmp_path
     assert "16 of the 64 training images validate" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["train_images"] == 48 and summary["val_images"] == 16 and summary["test_images"] == 32
-    assert summary["test_is_val"] is False
+    assert summary["val_is_test"] is False
     # test_top1 is the final weights on the untouched test split, not the last validation figure.
     weights = str(tmp_path / "out" / "model.safetensors")
     assert main(["eval", "--checkpoint", weights, "--data", "mnist", "--data-dir", str(data)]) == 0

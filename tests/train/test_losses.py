@@ -129,7 +129,9 @@ def test_layer_ids_and_groups_for_layer_decay():
 
 
 def test_layer_ids_of_a_hierarchical_layout():
-    model = vitlab.create_model("swin_tiny_patch4_window7_224", embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 1, 1, 1))
+    model = vitlab.create_model(
+        "swin_tiny_patch4_window7_224", embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 1, 1, 1)
+    )
     ids, depth = layer_ids(model)
     assert depth == 6
     assert ids["patch_embed.proj.weight"] == 0 and ids["layers.0.blocks.1.attn.qkv.weight"] == 2

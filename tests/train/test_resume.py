@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tests.train.tiny import train_args, write_mnist
 from vitlab.cli import main
 from vitlab.train import checkpoint as ckpt
+from vitlab.train.rundir import RunDir
 
 # Every random part of the recipe is on: crops, flips, erasing, Mixup/CutMix, drop path, EMA,
 # and a checkpoint in the middle of each epoch as well as at its end.
@@ -70,14 +71,14 @@ def test_resume_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
     assert main(train_args(data, reference, *RANDOM_RECIPE, epochs=2)) == 0
 
-    real_save = ckpt.atomic_torch_save
+    real_write = RunDir.write_checkpoint
 
-    def save_then_crash(payload, path):
-        real_save(payload, path)
+    def write_then_crash(self, payload):
+        real_write(self, payload)
         if payload["epoch"] == 1 and payload["step"] == 3:  # inside the second epoch, step 3 of 4
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(ckpt, "atomic_torch_save", save_then_crash)
+    monkeypatch.setattr(RunDir, "write_checkpoint", write_then_crash)
     args = train_args(data, crashed, *RANDOM_RECIPE, epochs=2)
     with pytest.raises(KeyboardInterrupt):
         main(args)

@@ -186,9 +186,9 @@ def cutmix_box(h: int, w: int, lam: float, grid: int = 1) -> tuple[int, int, int
     cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
     top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
     left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    if grid > 1:
-        top, bottom = round(top / grid) * grid, round(bottom / grid) * grid
-        left, right = round(left / grid) * grid, round(right / grid) * grid
+    if grid > 1:  # snapped to patch borders; the last (padded) patch of a side ends at the side
+        top, bottom = min(round(top / grid) * grid, h), min(round(bottom / grid) * grid, h)
+        left, right = min(round(left / grid) * grid, w), min(round(right / grid) * grid, w)
     return top, bottom, left, right
 
 
@@ -224,7 +224,8 @@ class Mixup:
     def __call__(self, x: Tensor, labels: Tensor, with_patches: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         targets = one_hot(labels, self.num_classes, self.smoothing)
         b, _, h, w = x.shape
-        grid = (h // self.patch_size, w // self.patch_size)
+        # The model pads a side that is not a multiple of the patch: ceil(side / patch) patches.
+        grid = (-(-h // self.patch_size), -(-w // self.patch_size))
         patch = targets[:, None, :].expand(b, grid[0] * grid[1], -1) if with_patches else None
         if not self.enabled or torch.rand(()).item() >= self.prob:
             return x, targets, patch
@@ -244,6 +245,6 @@ class Mixup:
         if with_patches:
             inside = torch.zeros(grid, dtype=torch.bool, device=x.device)
             p = self.patch_size
-            inside[top // p : bottom // p, left // p : right // p] = True
+            inside[top // p : -(-bottom // p), left // p : -(-right // p)] = True
             patch = torch.where(inside.flatten()[None, :, None], flipped[:, None, :], targets[:, None, :])
         return x, mixed, patch

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, random-number states, the final weights.
+"""Training checkpoints: atomic writes and random-number states.
 
 Everything saved here loads with `torch.load(weights_only=True)`: tensors, numbers, strings,
 lists and dicts only. Random states become tensors.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import random
 import tempfile
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -103,18 +101,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_final_weights(
-    state_dict: dict[str, Tensor], path: Path, class_names: list[str], model: str, model_args: dict[str, Any]
-) -> None:
-    """model.safetensors with the class names (`vitlab predict` reads them) and how to build the model."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    metadata = {
-        "class_names": json.dumps(class_names),
-        "vitlab_model": model,
-        "vitlab_model_args": json.dumps(model_args),
-    }
-    atomic_write_bytes(path, save(tensors, metadata=metadata))

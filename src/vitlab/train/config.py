@@ -79,7 +79,7 @@ class TrainConfig:
     patch_contrastive: float = 0.0
     patch_mixing: float = 0.0
     # Machinery.
-    amp: str = "none"  # none, bf16, fp16 (fp16 needs a GPU)
+    amp: str = "auto"  # auto (bf16 where the hardware runs it natively, else float32), none, bf16, fp16 (GPU)
     grad_checkpointing: bool = False
     channels_last: bool = False  # NHWC memory format: faster convolutions (e.g. convolutional stems) on CPU
     device: str = "auto"
@@ -106,7 +106,7 @@ RESUMABLE_CHANGES = {"output", "device", "workers", "progress", "data_dir", "eva
 CHOICES = {
     "crop": ("rrc", "pad", "none"),
     "distillation": ("none", "soft", "hard"),
-    "amp": ("none", "bf16", "fp16"),
+    "amp": ("auto", "none", "bf16", "fp16"),
     "progress": ("auto", "on", "off"),
 }
 

@@ -36,8 +36,8 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dic
     from vitlab.data.datasets import demo_dataset
     from vitlab.registry import load_model
     from vitlab.train.config import make_config
-    from vitlab.train.engine import train
     from vitlab.train.plots import plot_attention
+    from vitlab.train.run import train
 
     output = Path(output)
     values = {**DEMO_RECIPE, "output": str(output)}

@@ -61,6 +61,14 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return reduced
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), which DDP does not keep equal."""
+    if not info.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     if not info.distributed:
         return [obj]

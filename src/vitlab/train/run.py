@@ -1,0 +1,171 @@
+"""`train(config)`: set up a run (or pick up an interrupted one), train it, measure it once at the end.
+
+Every process starts from the same weights (the model is built under the run's seed); only the
+data order share and the augmentation randomness differ by rank. A run directory with a checkpoint
+is continued with `resume=True`; with `resume=True` and no checkpoint yet, the run starts, so the
+same command can be resubmitted after any pre-emption.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.registry import get_entry
+from vitlab.train.build import build_model, build_optimizer, build_teacher, data_seed, load_data, seed_everything
+from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, make_config
+from vitlab.train.distributed import DistInfo, init_distributed, shutdown
+from vitlab.train.ema import ModelEma
+from vitlab.train.loop import Run, fit
+from vitlab.train.precision import autocast, resolve_amp
+from vitlab.train.rundir import RunDir
+from vitlab.train.state import TrainState
+from vitlab.train.tasks.classification import ClassificationTask
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or with `resume`, continue) the training run that `config` describes; returns its summary."""
+    if not config.output:
+        raise ConfigError("pass --output DIR: the run directory")
+    info = init_distributed(config.device)
+    try:
+        run = prepare(config, resume, info)
+        fit(run)
+        return finish(run)
+    finally:
+        shutdown(info)
+
+
+def prepare(config: TrainConfig, resume: bool, info: DistInfo) -> Run:
+    def log(message: str) -> None:
+        if info.main:
+            print(message, flush=True)
+
+    rundir = RunDir(config.output)
+    saved = saved_checkpoint(rundir, config, resume, log)
+    amp = resolve_amp(config.amp, info.device)
+    progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
+    entry = get_entry(config.model)
+    data, img_size, skipped = load_data(config, entry, info, progress, log)
+
+    seed_everything(config.seed)  # the same on every process: the same initial weights
+    model, model_args = build_model(config, len(data.classes), img_size, load_pretrained=saved is None)
+    model.to(info.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    teacher = build_teacher(config, len(data.classes), model, info.device)
+    task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
+    state = TrainState(
+        model,
+        build_optimizer(config, model, task.extra_module, info.device),
+        task.extra_module,
+        ModelEma(model, config.ema_decay) if config.ema else None,
+        torch.amp.GradScaler("cuda") if amp == "fp16" else None,
+        skipped_images=skipped,
+    )
+    if saved is not None:
+        state.load_state_dict(saved, info, str(rundir.checkpoint))
+        log(f"resuming {rundir} at epoch {state.epoch + 1}, step {state.step}")
+    else:
+        seed_everything(data_seed(config.seed, info.rank))
+    module = task.train_module(model)
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    run = Run(
+        config, info, rundir, data, task, state, module, autocast(amp, info.device),
+        steps_per_epoch=len(data.train) // config.batch_size, log=log, progress=progress,
+        checkpoint_extras=dict(config=config.to_dict(), class_names=data.classes, model_args=json_safe(model_args)),
+    )  # fmt: skip
+    if info.main:
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(config)
+        log(describe(run, amp))
+    return run
+
+
+def json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments as plain JSON values (what safetensors metadata and weights-only checkpoints hold)."""
+    return json.loads(json.dumps(values, default=str))
+
+
+def saved_checkpoint(rundir: RunDir, config: TrainConfig, resume: bool, log) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None: start), after checking it was made with these settings."""
+    if not rundir.has_checkpoint():
+        if resume:
+            log(f"no checkpoint in {rundir} yet: starting the run")
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{rundir} already holds a run ({rundir.checkpoint}); pass --resume to continue it, or choose "
+            f"another --output"
+        )
+    payload = rundir.read_checkpoint()
+    saved = make_config(payload["config"], str(rundir.checkpoint))
+    changed = [
+        f"{k} (run: {getattr(saved, k)!r}, now: {getattr(config, k)!r})"
+        for k in saved.to_dict()
+        if k not in RESUMABLE_CHANGES and k != "epochs" and getattr(saved, k) != getattr(config, k)
+    ]
+    if changed:
+        raise ConfigError(f"cannot resume {rundir} with other settings: {'; '.join(changed)}")
+    return payload
+
+
+def describe(run: Run, amp: str) -> str:
+    config, data, info = run.config, run.data, run.info
+    params = sum(p.numel() for p in run.state.model.parameters())
+    lines = [
+        f"training {config.model} ({params / 1e6:.2f}M params) on {data.name}: {len(data.train)} train / "
+        f"{len(data.val)} val images, {len(data.classes)} classes, {config.epochs} epochs of {run.steps_per_epoch} "
+        f"steps, batch {config.batch_size}, lr {config.effective_lr():.3g}, {info.world_size} process(es) on "
+        f"{info.device.type}, precision {'float32' if amp == 'none' else amp}"
+    ]
+    return "\n".join(lines + [f"note: {note}" for note in data.notes])
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Test the final weights once, write them, the summary and the curves; returns the summary."""
+    config, state, data, info = run.config, run.state, run.data, run.info
+    final = state.final_model
+    last = state.history[-1]
+    if data.test is data.val:  # the last validation already measured these weights on this split
+        prefix = "ema_val" if state.ema is not None else "val"
+        test = {"top1": last[f"{prefix}_top1"], "top5": last[f"{prefix}_top5"]}
+    else:
+        test = run.task.evaluate(final, data.test, run.amp, "testing")
+    args = run.checkpoint_extras["model_args"]
+    summary = {
+        "model": config.model,
+        "model_args": args,
+        "data": data.name,
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "best_val_top1": state.best_val,
+        "val_is_test": data.test is data.val,
+        "epochs": config.epochs,
+        "train_seconds": round(state.train_seconds, 2),
+        "params": sum(p.numel() for p in state.model.parameters()),
+        "num_classes": len(data.classes),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "test_images": len(data.test),
+        "ema": config.ema,
+        "skipped_images": len(state.skipped_images),
+        "skipped_files": state.skipped_images,
+        "processes": info.world_size,
+        "device": info.device.type,
+    }
+    if info.main:
+        run.rundir.write_weights(final.state_dict(), data.classes, config.model, args)
+        run.rundir.write_summary(summary)
+        run.rundir.write_curves(state.history)
+        run.log(
+            f"test top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}% ({len(data.test)} images); wrote "
+            f"{run.rundir}/model.safetensors, summary.json, metrics.csv, curves.png"
+        )
+    return summary
