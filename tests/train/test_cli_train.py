@@ -273,3 +273,11 @@ def test_holdout_validates_on_training_images_and_tests_once_at_the_end(tmp_path
     weights = str(tmp_path / "out" / "model.safetensors")
     assert main(["eval", "--checkpoint", weights, "--data", "mnist", "--data-dir", str(data)]) == 0
     assert f"top-1 {summary['test_top1']:.2f}%" in capsys.readouterr().out
+
+
+def test_resume_on_a_directory_without_a_checkpoint_starts_the_run(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=32)
+    assert main([*train_args(data, tmp_path / "out", epochs=1), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"no checkpoint in {tmp_path / 'out'} yet: starting the run" in out
+    assert (tmp_path / "out" / "model.safetensors").is_file()

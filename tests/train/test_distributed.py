@@ -6,7 +6,8 @@ gradients, which equals the full-batch mean up to float rounding (the sums are t
 order), so weights agree to ~1e-7 rather than bit for bit (except the attention's key bias, whose
 true gradient is zero: see below). Evaluation counts are summed over the
 processes exactly. Random augmentation would draw from per-process random streams and differ,
-so it is off here; a model with BatchNorm would also differ (statistics per process).
+so it is off here; a model with BatchNorm would also differ (statistics per process). The EMA decay
+is DeiT-like (0.99): an EMA that drifted apart between processes would show.
 """
 
 import json
@@ -14,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -24,7 +26,7 @@ from vitlab.cli import main
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     data = write_mnist(tmp_path / "data", train=64, test=30)
-    settings = ["--label-smoothing", "0.1", "--clip-grad", "5.0", "--ema", "--ema-decay", "0.5"]
+    settings = ["--label-smoothing", "0.1", "--clip-grad", "5.0", "--ema", "--ema-decay", "0.99"]
     single = tmp_path / "single"
     assert main(train_args(data, single, *settings, epochs=2, batch=16)) == 0
 
@@ -32,7 +34,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "vitlab", *train_args(data, double, *settings, epochs=2, batch=16),
+        str(Path(__file__).with_name("ddp_worker.py")), *train_args(data, double, *settings, epochs=2, batch=16),
     ]  # fmt: skip
     # Its own session, so that a hang kills torchrun's workers too, not just torchrun.
     proc = subprocess.Popen(
@@ -47,6 +49,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     assert "2 process(es)" in stdout
 
+    # Every process holds the same EMA (and model) weights, bit for bit: they started from the same
+    # weights and DDP gave them the same gradients.
+    rank0, rank1 = load_file(double / "rank0.safetensors"), load_file(double / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and any(k.startswith("ema.") for k in rank0)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
     one, two = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
     dim = TINY_VIT["embed_dim"]
     for key in one:

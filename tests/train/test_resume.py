@@ -2,6 +2,7 @@
 uninterrupted run; checkpoints are written atomically."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,33 +26,47 @@ RANDOM_RECIPE = [
 ]  # fmt: skip
 
 
-def _run_until_killed(args, output, min_rows):
+def _checkpoint_position(path) -> tuple[int, int] | None:
+    try:
+        state = torch.load(path, weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+    return int(state["epoch"]), int(state["step"])
+
+
+def _start_then_kill(args, output, delay):
+    """Start the run (the same command every time, as a scheduler resubmits it), let it write a new
+    checkpoint, wait `delay` seconds more, then SIGKILL it; returns where its last checkpoint is."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    before = _checkpoint_position(output / "checkpoint-last.pt")
     proc = subprocess.Popen([sys.executable, "-m", "vitlab", *args], env=env, stdout=subprocess.DEVNULL)
-    metrics = output / "metrics.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) > min_rows:
+        position = _checkpoint_position(output / "checkpoint-last.pt")
+        if position is not None and position != before:
             break
-        time.sleep(0.005)
+        time.sleep(0.01)
+    time.sleep(delay)
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (output / "model.safetensors").exists()
+    return _checkpoint_position(output / "checkpoint-last.pt")
 
 
-def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
+def test_killed_three_times_at_random_moments_then_resumed_gives_bit_identical_weights(tmp_path):
     data = write_mnist(tmp_path / "data", train=64)
-    epochs = 8
+    recipe = [*RANDOM_RECIPE, "--checkpoint-every", "1"]  # a checkpoint after every optimiser step
     reference = tmp_path / "reference"
-    assert main(train_args(data, reference, *RANDOM_RECIPE, epochs=epochs)) == 0
+    assert main(train_args(data, reference, *recipe, epochs=12)) == 0
 
     killed = tmp_path / "killed"
-    args = train_args(data, killed, *RANDOM_RECIPE, epochs=epochs)
-    _run_until_killed(args, killed, min_rows=2)
-    state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
-    assert 2 <= state["epoch"] < epochs
-    assert main([*args, "--resume"]) == 0
+    args = [*train_args(data, killed, *recipe, epochs=12), "--resume"]  # --resume starts a run that has no checkpoint
+    delays = random.Random(0).sample([0.0, 0.05, 0.1, 0.2, 0.3, 0.4], 3)
+    positions = [_start_then_kill(args, killed, delay) for delay in delays]
+    assert any(step != 0 for _, step in positions), positions  # some kills came in the middle of an epoch
+    assert positions == sorted(positions) and positions[-1][0] < 12
+    assert main(args) == 0
 
     expected, actual = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == actual.keys()
@@ -61,8 +76,8 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     new_state = torch.load(killed / "checkpoint-last.pt", weights_only=True)
     for key in ref_state["model"]:
         assert torch.equal(ref_state["model"][key], new_state["model"][key]), key
-    assert (reference / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6] == (
-        (killed / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:6]
+    assert (reference / "metrics.csv").read_text().splitlines()[-1].split(",")[:6] == (
+        (killed / "metrics.csv").read_text().splitlines()[-1].split(",")[:6]
     )
 
 
