@@ -24,14 +24,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from vitlab.data.images import IMAGE_SUFFIXES, BadImageError, load_image
+from vitlab.data.arrays import ArrayDataset, DatasetError, check_labels
+from vitlab.data.folders import ImageFolderDataset, image_folder_splits, load_fixed_size, materialize, split_indices
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used: missing or empty folders, truncated files, bad labels."""
+__all__ = [
+    "ArrayDataset",
+    "DataSplits",
+    "DatasetError",
+    "ImageFolderDataset",
+    "build_datasets",
+    "load_fixed_size",
+    "materialize",
+]
 
 
 KNOWN_DATASETS = ("demo", "mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -48,154 +54,6 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-class ArrayDataset:
-    """Images held in memory: uint8 `images` (N, C, H, W) and int64 `labels` (N,)."""
-
-    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], source: str):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DatasetError(
-                f"{source}: expected uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}"
-            )
-        if len(images) != len(labels):
-            raise DatasetError(f"{source}: {len(images)} images but {len(labels)} labels")
-        check_labels(labels, len(classes), source)
-        self.images, self.labels = images, labels.long()
-        self.classes, self.source = list(classes), source
-        self.channels, self.size = images.shape[1], (images.shape[2], images.shape[3])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        return self.images[indices], self.labels[indices]
-
-    def subset(self, indices: Tensor, source: str) -> ArrayDataset:
-        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, source)
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Image files with labels, decoded to RGB uint8 (3, size, size): short side resized, centre cropped."""
-
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], classes: Sequence[str], size: int, source: str):
-        self.files, self.labels = list(files), torch.tensor(list(labels), dtype=torch.long)
-        self.classes, self.source = list(classes), source
-        self.channels, self.size = 3, (size, size)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return load_fixed_size(self.files[index], self.size[0]), int(self.labels[index])
-
-
-def load_fixed_size(path: Path, size: int) -> Tensor:
-    """Decode an image as RGB, resize its short side to `size` and centre-crop a square: uint8 (3, size, size)."""
-    image = load_image(path)
-    w, h = image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def check_labels(labels: Tensor, num_classes: int, source: str) -> None:
-    if len(labels) == 0:
-        return
-    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
-    if len(bad):
-        first = int(bad[0])
-        raise DatasetError(
-            f"{source}: label {int(labels[first])} of item {first} is out of range for {num_classes} classes "
-            f"({len(bad)} labels out of range); labels must be 0..{num_classes - 1}"
-        )
-
-
-# Image folders.
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    """`root/<class>/*.jpg` -> files, labels, class names (sorted folder names unless `classes` is given)."""
-    if not root.is_dir():
-        raise DatasetError(f"data folder {root} does not exist")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not found:
-        raise DatasetError(f"data folder {root} has no class folders (expected {root}/<class>/<image files>)")
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise DatasetError(f"{root} has class folders that the training set lacks: {', '.join(unknown)}")
-    files, labels = [], []
-    for name in found:
-        images = _list_images(root / name)
-        if not images:
-            raise DatasetError(f"class folder {root / name} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-        files += images
-        labels += [list(classes).index(name)] * len(images)
-    return files, labels, list(classes)
-
-
-def split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A reproducible per-class split: about `fraction` of each class (at least one image) goes to validation."""
-    generator = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    for label in sorted(by_class):
-        members = by_class[label]
-        order = torch.randperm(len(members), generator=generator).tolist()
-        count = min(len(members) - 1, max(1, round(len(members) * fraction))) if fraction > 0 else 0
-        val += [members[j] for j in order[:count]]
-        train += [members[j] for j in order[count:]]
-    return sorted(train), sorted(val)
-
-
-def _subfolder(root: Path, names: Sequence[str]) -> Path | None:
-    return next((root / n for n in names if (root / n).is_dir()), None)
-
-
-def image_folder_splits(root: Path, size: int, val_fraction: float, seed: int = 0) -> dict[str, ImageFolderDataset]:
-    """`root/train/<class>`, `root/val/<class>` (and optional `root/test/<class>`), or one folder split by class."""
-    if not root.is_dir():
-        raise DatasetError(f"data folder {root} does not exist")
-    train_dir = _subfolder(root, ["train", "training"])
-    if train_dir is None:
-        files, labels, classes = scan_class_folders(root)
-        train_idx, val_idx = split_indices(labels, val_fraction, seed)
-        if not val_idx:
-            raise DatasetError(f"{root} has no train/val sub-folders and val_fraction is 0: nothing to validate on")
-        pick = lambda idx: ([files[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-        return {
-            "train": ImageFolderDataset(*pick(train_idx), classes, size, f"{root} (train split)"),
-            "val": ImageFolderDataset(*pick(val_idx), classes, size, f"{root} (validation split)"),
-        }
-    files, labels, classes = scan_class_folders(train_dir)
-    splits = {"train": ImageFolderDataset(files, labels, classes, size, str(train_dir))}
-    for split, names in (("val", ["val", "valid", "validation"]), ("test", ["test"])):
-        folder = _subfolder(root, names)
-        if folder is not None:
-            f, lab, _ = scan_class_folders(folder, classes)
-            splits[split] = ImageFolderDataset(f, lab, classes, size, str(folder))
-    if "val" not in splits:
-        train_idx, val_idx = split_indices(labels, val_fraction, seed)
-        if not val_idx:
-            raise DatasetError(f"{root} has no val folder and val_fraction is 0: nothing to validate on")
-        splits["train"] = ImageFolderDataset(
-            [files[i] for i in train_idx], [labels[i] for i in train_idx], classes, size, f"{train_dir} (train split)"
-        )
-        splits["val"] = ImageFolderDataset(
-            [files[i] for i in val_idx], [labels[i] for i in val_idx], classes, size, f"{train_dir} (val split)"
-        )
-    return splits
 
 
 # IDX (MNIST, Fashion-MNIST).
@@ -378,57 +236,3 @@ def build_datasets(
     return DataSplits(
         splits["train"], splits["val"], splits.get("test", splits["val"]), splits["train"].classes, str(folder), notes
     )
-
-
-def materialize(
-    dataset: ImageFolderDataset, workers: int, skip_bad: bool, max_bytes: int = 2 << 30, progress: bool = False
-) -> tuple[ArrayDataset | ImageFolderDataset, list[str]]:
-    """Decode every image once, before training: a bad file is reported now, not hours later.
-
-    Returns the dataset (in memory when it takes at most `max_bytes`) and the files skipped
-    (only with `skip_bad`; otherwise the first bad file raises BadImageError).
-    """
-    keep = len(dataset) * 3 * dataset.size[0] * dataset.size[1] <= max_bytes
-    loader = torch.utils.data.DataLoader(
-        _Tolerant(dataset), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity
-    )
-    images, good, bad = [], [], []
-    items = loader
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(loader, total=len(dataset), desc=f"checking {dataset.source}", leave=False)
-    for index, (image, error) in enumerate(items):
-        if error is not None:
-            if not skip_bad:
-                raise BadImageError(dataset.files[index], error + " (pass --skip-bad-images to skip such files)")
-            bad.append(str(dataset.files[index]))
-            continue
-        good.append(index)
-        if keep:
-            images.append(image)
-    if not good:
-        raise DatasetError(f"{dataset.source}: none of its {len(dataset)} images could be read")
-    labels = dataset.labels[good]
-    if keep:
-        return ArrayDataset(torch.stack(images), labels, dataset.classes, dataset.source), bad
-    files = [dataset.files[i] for i in good]
-    return ImageFolderDataset(files, labels.tolist(), dataset.classes, dataset.size[0], dataset.source), bad
-
-
-class _Tolerant(torch.utils.data.Dataset):
-    def __init__(self, dataset: ImageFolderDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[Tensor | None, str | None]:
-        try:
-            return load_fixed_size(self.dataset.files[index], self.dataset.size[0]), None
-        except BadImageError as err:
-            return None, str(err).split(": ", 1)[-1]
-
-
-def _identity(item):
-    return item
