@@ -1,3 +1,4 @@
+import argparse
 import http.server
 import os
 import threading
@@ -64,13 +65,39 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_pickled_objects_are_refused_and_never_run(tmp_path):
+class SystemCall:
+    """Unpickling this runs os.system (the classic malicious checkpoint)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [(Payload, "builtins.getattr"), (SystemCall, "system"), (lambda marker: argparse.Namespace(marker=marker), None)],
+    ids=["getattr", "os.system", "Namespace"],
+)
+def test_pickled_code_is_refused_with_vitlabs_message_and_never_run(tmp_path, payload, named, zip_format):
     marker = tmp_path / "pwned"
-    state = tiny().state_dict()
-    state["evil"] = Payload(str(marker))
-    torch.save(state, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match=r"refused to load .*evil\.pth: it contains a pickled getattr"):
-        load_checkpoint(tiny(), tmp_path / "evil.pth")
+    source = tiny()
+    command = f"touch {marker}" if payload is SystemCall else str(marker)
+    checkpoint = {"model": source.state_dict(), "args": payload(command), "epoch": 3}
+    torch.save(checkpoint, tmp_path / "file.pth", _use_new_zipfile_serialization=zip_format)
+    model = tiny()
+    if named is None:  # timm's training checkpoints: the arguments are skipped, the weights load
+        load_checkpoint(model, tmp_path / "file.pth")
+        loaded, saved = model.state_dict(), source.state_dict()
+        assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+        return
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(model, tmp_path / "file.pth")
+    message = str(caught.value)
+    assert f"refused to load {tmp_path / 'file.pth'}" in message and named in message
+    assert "state_dict()" in message and "weights_only" not in message  # how to re-save; never "turn safety off"
     assert not marker.exists()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
+import pickletools
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -56,22 +56,90 @@ def read_checkpoint(path: str | Path) -> Any:
         except (ValueError, OSError, zipfile.BadZipFile) as err:
             raise CheckpointError(f"{path} is not a readable .npz of arrays: {err}") from err
     if name.endswith(TORCH_SUFFIXES):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-            if found is None:
-                raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
-            raise CheckpointError(
-                f"refused to load {path}: it contains a pickled {found.group(1)}, not only tensors and plain "
-                f"containers, and unpickling it could run arbitrary code. Re-save only the state dict "
-                f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors."
-            ) from err
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+        return _read_torch_file(path)
     raise CheckpointError(
         f"{path}: unknown checkpoint format; expected .safetensors, .npz or one of {', '.join(TORCH_SUFFIXES)}"
     )
+
+
+# Training scripts save their command-line arguments beside the weights (timm: `args`, an
+# argparse.Namespace). They are read as inert stand-ins: their code never runs, the weights load.
+INERT_GLOBALS = ("argparse.Namespace",)
+
+
+class InertObject:
+    """What an inert pickled object (see INERT_GLOBALS) becomes: nothing, whatever it held."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        return super().__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _read_torch_file(path: Path) -> Any:
+    """`torch.load(weights_only=True)`; a file holding anything but tensors, plain containers and inert
+    metadata is refused with the names of what it holds, and nothing in it is ever run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = pickled_globals(path)
+        if not found:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+        refused = [name for name in found if name not in INERT_GLOBALS]
+        if refused:
+            raise CheckpointError(
+                f"refused to load {path}: besides tensors it holds pickled {', '.join(refused)}, which unpickling "
+                f"would import and call, running code from the file. vitlab reads only tensors and plain "
+                f"containers. Where the file was made, save just the weights: "
+                f"torch.save(model.state_dict(), 'weights.pth') or safetensors.torch.save_file(...)"
+            ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+    with torch.serialization.safe_globals([(InertObject, name) for name in found]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The classes and functions a torch file's pickle refers to, besides torch's own, read without unpickling."""
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        f.seek(0)
+        names: set[str] = set()
+        try:
+            for _ in range(4):  # legacy format: magic number, protocol, system info, then the object
+                names |= _globals_of_one_pickle(f)
+        except (ValueError, EOFError):
+            pass
+    names = {n.replace("__builtin__.", "builtins.", 1) for n in names}  # protocol 2 writes Python 2's name
+    return sorted(n for n in names if not n.startswith("torch.") and n != "collections.OrderedDict")
+
+
+def _globals_of_one_pickle(f: Any) -> set[str]:
+    """GLOBAL names, and STACK_GLOBAL ones from the two strings pushed (or fetched from the memo) before it."""
+    names: set[str] = set()
+    pushed: list[str | None] = []  # what each opcode left on top of the stack, as far as strings go
+    memo: dict[int, str | None] = {}
+    for opcode, arg, _ in pickletools.genops(f):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            names.add(arg.replace(" ", "."))
+        elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+            names.add(f"{pushed[-2]}.{pushed[-1]}")
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+            continue
+        elif name == "STOP":
+            break
+        if name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(arg))
+        else:
+            pushed.append(arg if isinstance(arg, str) and ("UNICODE" in name or "STRING" in name) else None)
+    return names
 
 
 def _first_line(err: BaseException) -> str:
