@@ -241,6 +241,7 @@ def load_state_dict(
     from vitlab.layouts import convert_state_dict
 
     state_dict, layout = convert_state_dict(model, state_dict)
+    state_dict = _adapt_input_channels(model, state_dict)
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
         state_dict = adapt(state_dict)
@@ -267,6 +268,18 @@ def load_state_dict(
     if notice:  # only once the rest of the checkpoint has loaded
         warnings.warn(notice, stacklevel=3)
     return layout
+
+
+def _adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
+    """RGB weights for a model asked to take another number of channels (`in_chans=1`): see adapt_input_conv."""
+    from vitlab.layers.embed import adapt_input_conv
+
+    key = getattr(model, "input_conv", None)
+    weight = state_dict.get(key) if key else None
+    in_chans = getattr(model, "in_chans", None)
+    if weight is None or weight.ndim != 4 or weight.shape[1] != 3 or in_chans in (None, 3):
+        return state_dict
+    return {**state_dict, key: adapt_input_conv(weight, in_chans)}
 
 
 # What a checkpoint says about itself.

@@ -13,6 +13,21 @@ def to_2tuple(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """A first convolution trained on RGB, for `in_chans` channels (as timm does, so its users meet the same).
+
+    One channel: the sum of the three filters, which on a grey image (R = G = B) computes exactly what
+    the RGB filters computed. Other counts: the filters repeated cyclically and scaled by 3 / in_chans,
+    which keeps the output's scale.
+    """
+    if weight.shape[1] != 3:
+        raise ValueError(f"expected the weight of a 3-channel convolution, got {tuple(weight.shape)}")
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (3 / in_chans)
+
+
 def pad_to_multiple(x: Tensor, multiple: tuple[int, int]) -> Tensor:
     """Zero-pad an NCHW map on the bottom and right so both sides divide by `multiple`."""
     pad_h = -x.shape[-2] % multiple[0]
@@ -44,6 +59,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
+    input_conv = "proj"  # the convolution that sees the image (its weight adapts to other channel counts)
+
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(pad_to_multiple(x, self.patch_size))
         grid = (x.shape[-2], x.shape[-1])
@@ -71,6 +88,8 @@ class ConvStem(nn.Module):
         self.proj = nn.Conv2d(chs, embed_dim, 1)
         self.patch_size = to_2tuple(math.prod(strides))
         self.in_chans = in_chans
+
+    input_conv = "convs.0"
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(self.convs(pad_to_multiple(x, self.patch_size)))

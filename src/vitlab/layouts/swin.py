@@ -82,6 +82,9 @@ def _merging_to_next_stage(state_dict: StateDict) -> StateDict:
 
 
 def _is_official(state_dict: StateDict) -> bool:
+    """A Swin (blocks under `layers.i.blocks.j`) with the official markers: merging in stage 0, buffers, `head`."""
+    if not any(k.startswith("layers.") and ".blocks." in k for k in state_dict):
+        return False
     return "layers.0.downsample.reduction.weight" in state_dict or any(
         k.endswith(("attn_mask", "attn.relative_position_index")) or k == "head.weight" for k in state_dict
     )

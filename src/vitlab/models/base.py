@@ -34,6 +34,7 @@ class Backbone(nn.Module):
     global_pool: str = "avg"
     num_prefix_tokens: int = 0
     patch_size: tuple[int, int] | None = None  # side of the tokens' grid cells, for token models
+    input_conv: str  # the state-dict key of the convolution that sees the image
 
     def __init__(self, in_chans: int, num_classes: int, img_size: int | Sequence[int] | None = None):
         super().__init__()
@@ -158,6 +159,18 @@ class Backbone(nn.Module):
             pending = []
         groups[-1] += pending
         return groups
+
+    @property
+    def pretrained_cfg(self) -> dict | None:
+        """What the registry says of this variant (timm's name for it): input size, normalisation, weights."""
+        entry = getattr(self, "entry", None)
+        if entry is None:
+            return None
+        pre = entry.preprocess
+        return dict(
+            architecture=entry.name, task=entry.task, input_size=pre.input_size, mean=pre.mean, std=pre.std,
+            crop_pct=pre.crop_pct, interpolation=pre.interpolation, num_classes=entry.num_classes, url=entry.url,
+        )  # fmt: skip
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names trained without weight decay besides norms and biases (tables, tokens)."""

@@ -31,6 +31,7 @@ class ConvNet(Backbone):
     """
 
     feature_format = "NCHW"
+    input_conv = "stages.0.0.0.weight"
 
     def __init__(
         self,

@@ -166,6 +166,7 @@ class CSWinTransformer(Pyramid):
     """
 
     min_input_size = 3  # the 7x7 stride-4 stem with padding 2
+    input_conv = "stage1_conv_embed.0.weight"
 
     def __init__(
         self,

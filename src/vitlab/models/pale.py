@@ -168,6 +168,7 @@ class PaleTransformer(Pyramid):
     """
 
     min_input_size = 3  # the 7x7 stride-4 stem with padding 2
+    input_conv = "stem.conv.weight"
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ class ConvStemResNet(Backbone):
     """
 
     feature_format = "NCHW"
+    input_conv = "conv1.weight"
 
     def __init__(self, in_chans: int, stem_planes: int, num_classes: int, img_size: int | Sequence[int] | None):
         super().__init__(in_chans, num_classes, img_size)

@@ -76,6 +76,8 @@ class PatchMerging(nn.Module):
 
 
 class SwinTransformer(Pyramid):
+    input_conv = "patch_embed.proj.weight"
+
     """Swin Transformer; widths double and resolutions halve from stage to stage.
 
     As in the references, a window larger than a stage's map at `img_size` shrinks to the map (which

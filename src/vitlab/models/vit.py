@@ -106,6 +106,7 @@ class VisionTransformer(Backbone):
         else:
             self.patch_embed = embed_layer(in_chans=in_chans, embed_dim=embed_dim)
         self.patch_size = self.patch_embed.patch_size
+        self.input_conv = f"patch_embed.{self.patch_embed.input_conv}.weight"
         # Inputs are zero-padded to a multiple of the patch, so `img_size` makes ceil(side / patch) patches.
         self.grid_size = tuple(-(-s // p) for s, p in zip(self.img_size, self.patch_size, strict=True))
         num_patches = self.grid_size[0] * self.grid_size[1]
@@ -146,7 +147,7 @@ class VisionTransformer(Backbone):
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Resize a checkpoint's position table to this model's grid (e.g. 224 -> 384)."""
         table = state_dict.get("pos_embed")
-        if table is not None and table.shape != self.pos_embed.shape:
+        if table is not None and table.shape != self.pos_embed.shape and table.shape[-1] == self.embed_dim:
             try:
                 resized = resize_pos_embed(table, self.grid_size, None, self.num_prefix_tokens)
             except ValueError:

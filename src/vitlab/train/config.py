@@ -171,6 +171,12 @@ def validate(config: TrainConfig) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"option {name} must be at least 1, got {getattr(config, name)}")
+    for name in ("lr", "lr_base_batch"):
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
+            raise ConfigError(f"option {name} must be positive, got {getattr(config, name)}")
+    for name in ("min_lr", "warmup_lr", "weight_decay", "label_smoothing", "warmup_epochs", "drop_path"):
+        if getattr(config, name) is not None and getattr(config, name) < 0:
+            raise ConfigError(f"option {name} must not be negative, got {getattr(config, name)}")
     if config.distillation != "none" and not config.teacher:
         raise ConfigError("distillation needs a teacher: pass --teacher NAME (and --teacher-checkpoint PATH)")
     if config.batch_size % config.accum_steps:

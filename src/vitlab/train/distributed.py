@@ -31,12 +31,20 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`--device` as a torch device: auto (a GPU if there is one), cpu, cuda, cuda:N."""
+    from vitlab.train.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: vitlab trains on cpu or cuda")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no GPU is available")
+            raise ConfigError(f"--device {name} was asked for, but this machine has no GPU PyTorch can use")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
