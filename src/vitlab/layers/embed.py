@@ -5,21 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitlab.layers.grouping import pad_to_multiple
 
 
 def to_2tuple(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def pad_to_multiple(x: Tensor, multiple: tuple[int, int]) -> Tensor:
-    """Zero-pad an NCHW map on the bottom and right so both sides divide by `multiple`."""
-    pad_h = -x.shape[-2] % multiple[0]
-    pad_w = -x.shape[-1] % multiple[1]
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
 
 
 class PatchEmbed(nn.Module):
