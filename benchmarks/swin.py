@@ -17,7 +17,7 @@ from common import alternate, inference_throughput, load_timm, median_seconds, p
 
 import vitlab
 from vitlab.checkpoint import load_state_dict
-from vitlab.layers.local import WindowAttention, group_windows, ungroup_windows, window_partition
+from vitlab.layers.grouping.windows import Windows, window_partition
 
 NAME = "swin_tiny_patch4_window7_224"
 
@@ -62,24 +62,25 @@ def main() -> None:
 
 def grouping(batch_size: int, repeats: int) -> None:
     """Shifted windows of a stage-1 map (56x56x96, window 7, shift 3): the textbook roll + partition and
-    its inverse against the one-gather permutation WindowAttention uses (`group_windows`, whose backward
+    its inverse against the one-gather permutation WindowAttention uses (`Windows.group`, whose backward
     is the inverse gather); forward, and forward + backward."""
     x = torch.randn(batch_size, 56, 56, 96)
-    layout = WindowAttention(96, 3, 7, 3).layout((56, 56), x.device)
+    scheme = Windows((7, 7), (3, 3))
+    plan = scheme.plan((56, 56), x.device)
     windows = window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
 
     def roll_in() -> torch.Tensor:
         return window_partition(torch.roll(x, (-3, -3), (1, 2)), (7, 7))
 
     def gather_in() -> torch.Tensor:
-        return group_windows(x.view(batch_size, -1, 96), layout)
+        return scheme.group(x, plan)
 
     def roll_out() -> torch.Tensor:
         y = windows.view(batch_size, 8, 8, 7, 7, 96).permute(0, 1, 3, 2, 4, 5).reshape(batch_size, 56, 56, 96)
         return torch.roll(y, (3, 3), (1, 2))
 
     def gather_out() -> torch.Tensor:
-        return ungroup_windows(windows.view(batch_size, -1, 96), layout)
+        return scheme.ungroup(windows, plan)
 
     leaf = x.clone().requires_grad_()
 
@@ -87,10 +88,10 @@ def grouping(batch_size: int, repeats: int) -> None:
         window_partition(torch.roll(leaf, (-3, -3), (1, 2)), (7, 7)).sum().backward()
 
     def gather_backward() -> None:
-        group_windows(leaf.view(batch_size, -1, 96), layout).sum().backward()
+        scheme.group(leaf, plan).sum().backward()
 
-    assert torch.equal(roll_in().flatten(0, 1), gather_in().flatten(0, 1))
-    assert torch.equal(roll_out(), gather_out().view_as(x))
+    assert torch.equal(roll_in(), gather_in())
+    assert torch.equal(roll_out(), gather_out())
     rows = []
     for label, textbook, ours in [
         ("pad + roll + partition", roll_in, gather_in),

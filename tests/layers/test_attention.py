@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab.layers import MultiHeadAttention, attend, capture_attention, explicit_attention
+from vitlab.layers import MultiHeadAttention, attend, capture_attention, explicit_attention, record_attention
 from vitlab.layers.attention import AdditiveScores, CosineScores
 
 
@@ -66,6 +66,15 @@ def test_store_receives_probabilities_and_output_is_unchanged():
     assert probs.shape == (2, 3, 5, 7)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 5))
     torch.testing.assert_close(probs @ v, out)
+
+
+def test_record_attention_keeps_detached_probabilities_only_while_recording():
+    probs = torch.rand(2, 3, 4, 4, requires_grad=True).softmax(-1)
+    record_attention(None, probs)  # not recording: nothing to keep, nothing raised
+    store = []
+    record_attention(store, probs)
+    assert len(store) == 1 and not store[0].requires_grad
+    torch.testing.assert_close(store[0], probs.detach())
 
 
 def test_cosine_similarity_is_temperature_times_cosine():

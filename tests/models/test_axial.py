@@ -3,7 +3,7 @@ import torch
 
 import vitlab
 from vitlab.checkpoint import load_state_dict
-from vitlab.models.axial import AxialAttention, resize_relative_table
+from vitlab.models.axial import AxialAttention
 
 # Parameter counts and MACs of the authors' release at 224x224 (references/backbones.md section 14).
 PARAMS = {"axial26s": 5.94, "axial50s": 11.59, "axial50m": 25.18, "axial50l": 43.97}
@@ -114,14 +114,6 @@ def test_longer_axes_interpolate_the_table_and_checkpoints_adapt_the_same_way():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(little(x), big(x))  # `little` interpolates on the fly
-
-
-def test_resized_tables_keep_offset_zero_and_the_extremes():
-    table = torch.randn(4, 2 * 5 - 1)
-    longer = resize_relative_table(table, 2 * 9 - 1)
-    torch.testing.assert_close(longer[:, 8], table[:, 4])  # offset 0
-    torch.testing.assert_close(longer[:, [0, -1]], table[:, [0, -1]])
-    torch.testing.assert_close(resize_relative_table(table, 5), table[:, 2:7])
 
 
 def test_capture_attention_reports_every_axis():

@@ -1,16 +1,15 @@
-"""CSWin Transformer: counts, any input size (masked padding), features, attention capture, loading."""
+"""CSWin Transformer: counts, any input size (masked padding), features, attention capture, loading.
+
+The stripe attention with LePE is tested against a per-stripe reading in tests/layers/test_grouping_stripes.py.
+"""
 
 import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vitlab
-from tests.helpers import max_rel_error
 from vitlab.analysis.complexity import count_params
-from vitlab.layers.local import stripe_key_mask
-from vitlab.models.cswin import LePEStripeAttention
 
 # Parameter counts of the official code (references/backbones.md), in millions to 2 decimals.
 PARAMS = {"cswin_tiny_224": 22.32, "cswin_small_224": 34.64, "cswin_base_224": 77.38}
@@ -59,39 +58,6 @@ def test_full_attention_is_chosen_per_stage():
     assert len(full3.stage3[0].attns) == 1 and full3.stage3[0].attns[0].get_v.in_channels == 64
 
 
-def naive_stripe_attention(layer: LePEStripeAttention, q, k, v, vertical: bool, width: int):
-    """Attention + LePE computed stripe by stripe, the last stripe simply narrower, nothing padded."""
-    B, H, W, C = q.shape
-    heads = layer.num_heads
-    out = torch.zeros_like(q)
-    for start in range(0, W if vertical else H, width):
-        region = (
-            (slice(None), slice(None), slice(start, start + width))
-            if vertical
-            else (slice(None), slice(start, start + width))
-        )
-        qs, ks, vs = q[region], k[region], v[region]
-        h, w = qs.shape[1:3]
-        qh, kh, vh = (t.reshape(B, h * w, heads, C // heads).transpose(1, 2) for t in (qs, ks, vs))
-        probs = (qh @ kh.transpose(-1, -2) * layer.scale).softmax(-1)
-        y = (probs @ vh).transpose(1, 2).reshape(B, h, w, C)
-        lepe = F.conv2d(vs.permute(0, 3, 1, 2), layer.get_v.weight, layer.get_v.bias, padding=1, groups=C)
-        out[region] = y + lepe.permute(0, 2, 3, 1)
-    return out
-
-
-@pytest.mark.parametrize("orientation", ["vertical", "horizontal"])
-@pytest.mark.parametrize(("size", "width"), [((6, 8), 2), ((7, 10), 4), ((5, 9), 7), ((3, 2), 7)])
-def test_padding_is_masked_so_the_last_stripe_is_just_narrower(orientation, size, width):
-    layer = LePEStripeAttention(8, 2, width, orientation, scale=0.3, attn_drop=0.0).eval()
-    torch.nn.init.normal_(layer.get_v.weight)
-    torch.nn.init.normal_(layer.get_v.bias)
-    q, k, v = torch.randn(3, 2, *size, 8).unbind(0)
-    with torch.no_grad():
-        expected = naive_stripe_attention(layer, q, k, v, orientation == "vertical", width)
-        assert max_rel_error(layer(q, k, v), expected) < 1e-5
-
-
 def test_padded_keys_get_no_attention_and_rows_sum_to_one():
     model = small(num_heads=(2, 2, 4, 4))
     with vitlab.capture_attention(model) as maps, torch.no_grad():
@@ -117,18 +83,6 @@ def test_capture_attention_reports_every_branch():
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     with torch.no_grad():
         torch.testing.assert_close(logits, model(x))  # recording does not change the outputs
-
-
-def test_stripe_masks_are_built_once_per_size():
-    model = small()
-    x = torch.randn(1, 3, 90, 70)
-    stripe_key_mask.cache_clear()
-    with torch.no_grad():
-        model(x)
-        built = stripe_key_mask.cache_info().misses
-        model(x)
-    info = stripe_key_mask.cache_info()
-    assert built > 0 and info.misses == built and info.hits >= built
 
 
 def test_features_are_the_stage_outputs():

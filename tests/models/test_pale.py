@@ -1,56 +1,14 @@
-"""Pale Transformer: PS-Attention against a naive per-token reading of the paper, counts, sizes, features."""
+"""Pale Transformer: counts, sizes, features, attention capture.
+
+PS-Attention is tested against a per-token reading of the paper in tests/layers/test_grouping_pales.py.
+"""
 
 import pytest
 import torch
 
 import vitlab
-from tests.helpers import max_rel_error
 from vitlab.analysis.complexity import count_params
-from vitlab.layers.local import pale_key_mask
-from vitlab.models.pale import PaleShapedAttention
-
-
-def naive_pale_attention(layer: PaleShapedAttention, x: torch.Tensor, pale_size: int) -> torch.Tensor:
-    """PS-Attention token by token (Wu et al. 2022).
-
-    The rows of an H x W map form N_r = ceil(H / s_r) groups of interlaced rows, row y in group
-    y mod N_r (columns likewise); a token's pale is its row group together with its column group.
-    The first half of the channels (and heads) attends over the row group, the second half over
-    the column group; the two are concatenated and projected.
-    """
-    B, H, W, C = x.shape
-    half, heads = C // 2, layer.rows.num_heads
-    q, k, v = layer.qkv(x).chunk(3, dim=-1)
-    n_rows, n_cols = -(-H // pale_size), -(-W // pale_size)
-    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    # Flat indices of the tokens in each interlaced row group and each interlaced column group.
-    row_groups = [torch.nonzero((rows % n_rows == g).flatten())[:, 0] for g in range(n_rows)]
-    column_groups = [torch.nonzero((cols % n_cols == g).flatten())[:, 0] for g in range(n_cols)]
-    q, k, v = (t.reshape(B, H * W, C) for t in (q, k, v))
-    out = torch.zeros(B, H * W, C)
-    for y in range(H):
-        for x_ in range(W):
-            token = y * W + x_
-            pale = (
-                (row_groups[y % n_rows], slice(0, half), layer.rows),
-                (column_groups[x_ % n_cols], slice(half, C), layer.columns),
-            )
-            for members, channels, branch in pale:
-                keys = k[:, members, channels].reshape(B, -1, heads, half // heads)
-                values = v[:, members, channels].reshape(B, -1, heads, half // heads)
-                query = q[:, token, channels].reshape(B, 1, heads, half // heads)
-                weights = torch.einsum("bqhd,bkhd->bhqk", query, keys).mul(branch.scale).softmax(-1)
-                out[:, token, channels] = torch.einsum("bhqk,bkhd->bqhd", weights, values).reshape(B, half)
-    return layer.proj(out.view(B, H, W, C))
-
-
-@pytest.mark.parametrize(("size", "pale_size"), [((14, 14), 7), ((10, 13), 4), ((5, 3), 7), ((8, 6), 2)])
-def test_ps_attention_matches_the_per_token_definition(size, pale_size):
-    layer = PaleShapedAttention(dim=16, num_heads=4, pale_size=pale_size).eval()
-    x = torch.randn(2, *size, 16)
-    with torch.no_grad():
-        assert max_rel_error(layer(x), naive_pale_attention(layer, x, pale_size)) < 1e-4
-
+from vitlab.layers.grouping.pales import InterlacedGroups
 
 # The paper reports 22M / 48M / 85M parameters and 4.2 / 9.0 / 15.6 GFLOPs (= MACs) at 224.
 PAPER = {"pale_tiny_224": (22, 4.2), "pale_small_224": (48, 9.0), "pale_base_224": (85, 15.6)}
@@ -83,21 +41,9 @@ def test_capture_attention_rows_sum_to_one_and_padding_gets_nothing():
     assert rows.shape == (4, 1, 6 * 17, 6 * 17)
     for probs in (p for ps in maps.values() for p in ps):
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
-    real = pale_key_mask((22, 17), (24, 17), 4, "rows", torch.device("cpu"))[:, 0, 0]
+    real = InterlacedGroups(7, "rows").plan((22, 17), torch.device("cpu")).mask[:, 0, 0]
     assert (rows[:, 0, 0][~real] == 0).all() and (rows[:, 0, 0][real] > 0).all()
     assert maps["stages.3.blocks.0.attn.columns"][0].shape == (1, 2, 9, 9)  # 3x3 map: one group, full attention
-
-
-def test_pale_masks_are_built_once_per_size():
-    model = small()
-    x = torch.randn(1, 3, 90, 70)
-    pale_key_mask.cache_clear()
-    with torch.no_grad():
-        model(x)
-        built = pale_key_mask.cache_info().misses
-        model(x)
-    info = pale_key_mask.cache_info()
-    assert built > 0 and info.misses == built and info.hits >= built
 
 
 def test_features_are_the_stage_outputs():

@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 import vitlab
 from vitlab.checkpoint import CheckpointError, load_state_dict
-from vitlab.layers.local import WindowAttention
+from vitlab.layers.position import relative_position_index
 
 NAME = "swin_tiny_patch4_window7_224"
 FIXTURES = Path(__file__).parents[1] / "parity" / "fixtures"
@@ -45,14 +45,14 @@ def test_stage_maps_and_windows_at_a_non_multiple_size():
     maps = model.forward_intermediates(torch.randn(1, 3, 200, 300), [0, 1, 2, 3])
     assert [m.shape[-2:] for m in maps] == [(50, 75), (25, 38), (13, 19), (7, 10)]
     attn = model.layers[3].blocks[1].attn
-    geometry = attn.layout((7, 10), torch.device("cpu")).geometry
-    assert geometry.window == (7, 7) and geometry.shift == (0, 3) and geometry.padded == (7, 14)
+    plan = attn.grouping.plan((7, 10), torch.device("cpu"))
+    assert plan.window == (7, 7) and plan.shift == (0, 3) and plan.padded == (7, 14)
 
 
 def test_stage_4_shifts_only_when_its_map_is_larger_than_the_window():
     attn = small().layers[3].blocks[1].attn
-    assert attn.layout((7, 7), torch.device("cpu")).mask is None  # 224: one window, as in the references
-    assert attn.layout((14, 14), torch.device("cpu")).geometry.shift == (3, 3)  # 448
+    assert attn.grouping.plan((7, 7), torch.device("cpu")).mask is None  # 224: one window, as in the references
+    assert attn.grouping.plan((14, 14), torch.device("cpu")).shift == (3, 3)  # 448
 
 
 def test_features_only_gives_four_nchw_maps_at_strides_4_to_32():
@@ -81,18 +81,6 @@ def test_capture_attention_reports_per_window_probabilities():
     assert probs.shape == (2 * 64, 1, 49, 49)
     torch.testing.assert_close(probs.sum(-1), torch.ones(128, 1, 49))
     assert maps["layers.3.blocks.0.attn"][0].shape == (2, 4, 49, 49)
-
-
-def test_masks_are_built_once_per_input_size():
-    model = small()
-    shifted = [m for m in model.modules() if isinstance(m, WindowAttention) and any(m.shift_size)]
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        model(x)
-        first = [layout for m in shifted for layout in m._layouts.values()]
-        model(x)
-    again = [m._layouts[key] for m in shifted for key in m._layouts]
-    assert len(again) == len(shifted) and all(a is b for a, b in zip(first, again, strict=True))
 
 
 def test_window_7_checkpoint_loads_into_a_window_12_model():
@@ -139,7 +127,7 @@ def test_official_buffers_that_differ_from_the_recomputed_ones_are_an_error(key)
 def test_hf_hub_files_with_the_legacy_index_buffer_load():
     model, state = fixture_state(f"{NAME}-hf")
     key = "swin.encoder.layers.0.blocks.0.attention.self.relative_position_index"
-    state[key] = model.layers[0].blocks[0].attn.relative_position_index.clone()
+    state[key] = relative_position_index(model.layers[0].blocks[0].attn.window_size)
     assert load_state_dict(model, state) == "hf"
     state[key] = state[key].flip(0)
     with pytest.raises(CheckpointError, match="differs from the buffer a standard Swin computes"):

@@ -7,9 +7,11 @@ from vitlab.layers.attention import (
     attention_logits,
     capture_attention,
     explicit_attention,
+    record_attention,
 )
 from vitlab.layers.drop import DropPath, LayerScale, drop_path, drop_path_rates
-from vitlab.layers.embed import PatchEmbed, pad_to_multiple, to_2tuple
+from vitlab.layers.embed import PatchEmbed, to_2tuple
+from vitlab.layers.grouping import pad_to_multiple
 from vitlab.layers.mlp import Mlp
 from vitlab.layers.position import resize_pos_embed, sinusoidal_1d, sinusoidal_2d
 
@@ -27,6 +29,7 @@ __all__ = [
     "drop_path_rates",
     "explicit_attention",
     "pad_to_multiple",
+    "record_attention",
     "resize_pos_embed",
     "sinusoidal_1d",
     "sinusoidal_2d",

@@ -5,6 +5,9 @@ groups its tokens into a batch of independent sequences and calls `attend()` onc
 runs the fused `F.scaled_dot_product_attention`; the attention probabilities are only
 materialised while an `AttentionLayer` is being recorded by `capture_attention`, and even then the
 output still comes from the fused kernel, so recording never changes what a model computes.
+Layers that cannot use the fused kernel (their logits need more than a bias, as Axial-DeepLab's
+batch-normalised position terms) compute their own softmax and hand it to `record_attention`, the
+one path by which probabilities reach `capture_attention`.
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ def _plain_products_train_faster(q: Tensor, k: Tensor, bias: Tensor | None) -> b
     return q.requires_grad and k.shape[-2] <= _SHORT_SEQUENCE
 
 
+def record_attention(store: list[Tensor] | None, probs: Tensor) -> None:
+    """Hand attention probabilities (batch * groups, heads, queries, keys) to `capture_attention`.
+
+    `store` is the layer's `attention_store`, None when the layer is not being recorded (then
+    nothing is kept). Probabilities are kept detached, so recording never holds on to a graph.
+    """
+    if store is not None:
+        store.append(probs.detach())
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -89,28 +102,28 @@ def attend(
     `bias` is an additive float bias (relative positions, -100 for shifted-window masks) or a bool
     mask in which True means "may attend", broadcastable to (..., Nq, Nk). `scale` defaults to d^-1/2.
     `score_fn(q, k)` replaces the dot product (additive attention); it runs without the fused kernel.
-    `store`, when given, receives the probabilities (detached) for analysis.
+    `store`, when given, receives the probabilities through `record_attention`.
     """
     if bias is not None and bias.dtype != torch.bool and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if score_fn is not None or _explicit or _plain_products_train_faster(q, k, bias):
         probs = attention_logits(q, k, bias, scale, score_fn).softmax(dim=-1)
-        if store is not None:
-            store.append(probs.detach())
+        record_attention(store, probs)
         if dropout_p > 0:
             probs = F.dropout(probs, dropout_p)
         return probs @ v
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-    if store is not None:
+    if store is not None:  # the fused kernel keeps no probabilities: compute them only when recording
         with torch.no_grad():
-            store.append(attention_logits(q, k, bias, scale).softmax(dim=-1))
+            record_attention(store, attention_logits(q, k, bias, scale).softmax(dim=-1))
     return out
 
 
 class AttentionLayer(nn.Module):
     """Base of every module that calls `attend()`; `capture_attention` finds them by this type.
 
-    Subclasses pass `store=self.attention_store` to `attend()`.
+    Subclasses pass `store=self.attention_store` to `attend()`, or, computing their own softmax,
+    to `record_attention()`.
     """
 
     attention_store: list[Tensor] | None = None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitlab.layers.grouping import pad_to_multiple
 
 
 def to_2tuple(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -26,15 +27,6 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
         return weight.sum(dim=1, keepdim=True)
     repeats = -(-in_chans // 3)
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (3 / in_chans)
-
-
-def pad_to_multiple(x: Tensor, multiple: tuple[int, int]) -> Tensor:
-    """Zero-pad an NCHW map on the bottom and right so both sides divide by `multiple`."""
-    pad_h = -x.shape[-2] % multiple[0]
-    pad_w = -x.shape[-1] % multiple[1]
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
 
 
 class PatchEmbed(nn.Module):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.checkpoint import CheckpointError
-from vitlab.layers.local import WindowAttention, relative_position_index, shifted_window_mask, window_geometry
+from vitlab.layers.grouping.windows import WindowAttention, shifted_window_mask, window_geometry
+from vitlab.layers.position import relative_position_index
 from vitlab.layouts import StateDict, fuse_qkv, register_config_reader, register_converter, rename_keys
 from vitlab.layouts.hf import class_count, transformer_block_rules
 from vitlab.models.swin import SwinTransformer
@@ -45,7 +46,7 @@ def _standard_buffers(key: str, value: Tensor, attn: WindowAttention | None) -> 
         candidates.append(relative_position_index((side, side)))
         return candidates
     if attn is not None and attn.resolution is not None:  # attn_mask: (num_windows, N, N)
-        own = attn.layout(attn.resolution, torch.device("cpu")).mask
+        own = attn.grouping.plan(attn.resolution, torch.device("cpu")).mask
         if own is not None:
             candidates.append(own)
     if value.ndim == 3:

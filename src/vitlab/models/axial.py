@@ -25,32 +25,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlab.layers.attention import AttentionLayer
-from vitlab.layers.local import axial_sequences, merge_axial_sequences
+from vitlab.layers.attention import AttentionLayer, record_attention
+from vitlab.layers.grouping.axes import Axes
+from vitlab.layers.position import relative_index_1d, resize_relative_table_1d
 from vitlab.models.resnet import ConvStemResNet
 from vitlab.registry import register_model
-
-
-def relative_index(span: int, device: torch.device | None = None) -> Tensor:
-    """(span, span) indices into a (2 span - 1)-long table: entry [i, j] is i - j + span - 1."""
-    positions = torch.arange(span, device=device)
-    return positions[:, None] - positions[None, :] + span - 1
-
-
-def resize_relative_table(table: Tensor, length: int) -> Tensor:
-    """A (C, 2K-1) table of offsets -(K-1)..K-1 -> (C, length) for another span (length odd).
-
-    Shorter: the middle entries (the same offsets). Longer: linear interpolation with the end
-    points aligned, so offset 0 stays offset 0 and the extreme offsets map to the new extremes.
-    """
-    old = table.shape[-1]
-    if length <= old:
-        start = (old - length) // 2
-        return table[..., start : start + length]
-    return F.interpolate(table[None].float(), size=length, mode="linear", align_corners=True)[0].to(table.dtype)
 
 
 class AxialAttention(AttentionLayer):
@@ -64,11 +45,14 @@ class AxialAttention(AttentionLayer):
     The three logit terms go through their own batch-norm channels before being summed, and the
     value term is also normalised separately from sv; both need the explicit logits and
     probabilities, so the fused `attend()` kernel cannot be used here: the softmax is computed
-    directly and the probabilities are still handed to `capture_attention`.
+    directly and the probabilities are handed to `capture_attention` through `record_attention`.
+
+    `axis` "columns" attends along every column (the paper's height axis), "rows" along every row
+    (its width axis).
     """
 
     def __init__(
-        self, in_planes: int, out_planes: int, groups: int = 8, span: int = 56, stride: int = 1, width: bool = False
+        self, in_planes: int, out_planes: int, groups: int = 8, span: int = 56, stride: int = 1, axis: str = "columns"
     ):
         super().__init__()
         if in_planes % groups or out_planes % groups or (out_planes // groups) % 2:
@@ -80,13 +64,13 @@ class AxialAttention(AttentionLayer):
         self.groups = groups
         self.group_planes = out_planes // groups
         self.span = span
-        self.axis = "width" if width else "height"
+        self.grouping = Axes(axis)
         self.qkv_transform = nn.Conv1d(in_planes, out_planes * 2, kernel_size=1, bias=False)
         self.bn_qkv = nn.BatchNorm1d(out_planes * 2)
         self.bn_similarity = nn.BatchNorm2d(groups * 3)
         self.bn_output = nn.BatchNorm1d(out_planes * 2)
         self.relative = nn.Parameter(torch.empty(self.group_planes * 2, span * 2 - 1))
-        self.register_buffer("flatten_index", relative_index(span).flatten())
+        self.register_buffer("flatten_index", relative_index_1d(span).flatten())
         self.pooling = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
         nn.init.normal_(self.qkv_transform.weight, 0.0, math.sqrt(1.0 / in_planes))
         nn.init.normal_(self.relative, 0.0, math.sqrt(1.0 / self.group_planes))
@@ -96,12 +80,12 @@ class AxialAttention(AttentionLayer):
         if length <= self.span:
             index = self.flatten_index.view(self.span, self.span)[:length, :length]
             return self.relative[:, index]
-        table = resize_relative_table(self.relative, 2 * length - 1)
-        return table[:, relative_index(length, table.device)]
+        table = resize_relative_table_1d(self.relative, 2 * length - 1)
+        return table[:, relative_index_1d(length, table.device)]
 
     def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[0]
-        x = axial_sequences(x, self.axis)  # (B * other axis, C, L)
+        plan = self.grouping.plan(x.shape[-2:], x.device)
+        x = self.grouping.group(x, plan)  # (B * other axis, C, L)
         n, _, length = x.shape
         gp = self.group_planes
         qkv = self.bn_qkv(self.qkv_transform(x)).view(n, self.groups, gp * 2, length)
@@ -113,15 +97,14 @@ class AxialAttention(AttentionLayer):
         kr = torch.einsum("ngcj,cji->ngij", k, r_k)  # the key's offset seen from the query: r^k_{j-i}
         logits = self.bn_similarity(torch.cat([qk, qr, kr], dim=1)).view(n, 3, self.groups, length, length).sum(1)
         probs = logits.softmax(dim=-1)
-        if self.attention_store is not None:
-            self.attention_store.append(probs.detach())
+        record_attention(self.attention_store, probs)
 
         sv = torch.einsum("ngij,ngcj->ngci", probs, v)
         sve = torch.einsum("ngij,cij->ngci", probs, r_v)
         # The release's channel order: for each output channel, its sv then its sve.
         out = torch.stack([sv, sve], dim=-2).reshape(n, self.out_planes * 2, length)
         out = self.bn_output(out).view(n, self.out_planes, 2, length).sum(dim=2)
-        out = merge_axial_sequences(out, batch, self.axis)
+        out = self.grouping.ungroup(out, plan)
         return self.pooling(out) if self.pooling is not None else out
 
 
@@ -138,8 +121,8 @@ class AxialBlock(nn.Module):
         out = planes * self.expansion
         self.conv_down = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.hight_block = AxialAttention(width, width, groups, span)  # sic: the release's name
-        self.width_block = AxialAttention(width, width, groups, span, stride=stride, width=True)
+        self.hight_block = AxialAttention(width, width, groups, span, axis="columns")  # sic: the release's name
+        self.width_block = AxialAttention(width, width, groups, span, stride=stride, axis="rows")
         self.conv_up = nn.Conv2d(width, out, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
@@ -212,7 +195,7 @@ class AxialResNet(ConvStemResNet):
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fit the relative tables of a checkpoint made for another `img_size` to this model's spans.
 
-        Tables are cropped to their middle or linearly interpolated (`resize_relative_table`), so
+        Tables are cropped to their middle or linearly interpolated (`resize_relative_table_1d`), so
         the model computes what the checkpoint's model computes on inputs of this size.
         """
         own = self.state_dict()
@@ -222,7 +205,7 @@ class AxialResNet(ConvStemResNet):
             if target is None or value.shape == target.shape:
                 continue
             if key.endswith(".relative") and value.ndim == 2 and value.shape[0] == target.shape[0]:
-                out[key] = resize_relative_table(value, target.shape[1])
+                out[key] = resize_relative_table_1d(value, target.shape[1])
             elif key.endswith(".flatten_index"):
                 out[key] = target.clone()
         return out

@@ -16,13 +16,14 @@ The parameter layout is that of microsoft/CSWin-Transformer, so its checkpoints 
 They are training checkpoints evaluated with their EMA weights: `pretrained=True` downloads the
 release file and takes them; for a file at hand use `load_checkpoint(model, path, use_ema=True)`.
 
-Any input size works, where the official code is fixed to the size it was built for. A branch
-whose map does not divide into stripes zero-pads q, k and v on the bottom/right up to a whole
-number of stripes; the padded keys are masked out of the softmax (the mask is cached per size),
-LePE sees zeros beyond the map edge exactly as it does at every stripe border, and the padded
-outputs are cropped. The result is therefore *exactly* attention with a narrower last stripe: the
-padding never changes a real token's output. For maps that are multiples of the stripe width
-nothing is padded and the computation is the official one.
+The stripes and the stripe attention with LePE are in `layers.grouping.stripes`; this file holds
+the block and the model. Any input size works, where the official code is fixed to the size it
+was built for. A branch whose map does not divide into stripes zero-pads q, k and v on the
+bottom/right up to a whole number of stripes; the padded keys are masked out of the softmax (the
+mask is part of the cached plan), LePE sees zeros beyond the map edge exactly as it does at every
+stripe border, and the padded outputs are cropped. The result is therefore *exactly* attention
+with a narrower last stripe: the padding never changes a real token's output. For maps that are
+multiples of the stripe width nothing is padded and the computation is the official one.
 """
 
 from __future__ import annotations
@@ -34,16 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.layers import DropPath, Mlp, drop_path_rates
-from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.embed import ConvMerge
-from vitlab.layers.local import (
-    batch_mask,
-    image_to_stripes,
-    pad_bottom_right,
-    stripe_key_mask,
-    stripe_layout,
-    stripes_to_image,
-)
+from vitlab.layers.grouping.stripes import LePEStripeAttention
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
 
@@ -53,55 +46,6 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1)
-
-
-class LePEStripeAttention(AttentionLayer):
-    """Multi-head attention within stripes of one orientation, plus LePE.
-
-    `orientation` is "vertical" (stripes of `stripe_width` columns, full height), "horizontal"
-    (`stripe_width` rows, full width) or None (the whole map, the last stage). Takes the already
-    projected q, k, v of this branch as (B, H, W, dim) maps and returns (B, H, W, dim).
-    """
-
-    def __init__(
-        self, dim: int, num_heads: int, stripe_width: int, orientation: str | None, scale: float, attn_drop: float
-    ):
-        super().__init__()
-        # (rows, columns) of a stripe; None = the full side of whatever map comes in.
-        if orientation == "vertical":
-            self.stripe = (None, stripe_width)
-        elif orientation == "horizontal":
-            self.stripe = (stripe_width, None)
-        elif orientation is None:
-            self.stripe = (None, None)
-        else:
-            raise ValueError(f"orientation must be 'vertical', 'horizontal' or None, got {orientation!r}")
-        self.num_heads = num_heads
-        self.scale = scale
-        self.attn_drop = attn_drop
-        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, H, W, C = q.shape
-        stripe, padded = stripe_layout((H, W), self.stripe)
-        length, heads = stripe[0] * stripe[1], self.num_heads
-
-        def group(t: Tensor) -> Tensor:  # (B, H, W, C) -> (B * stripes, heads, L, C / heads)
-            return (
-                image_to_stripes(pad_bottom_right(t, padded), stripe)
-                .view(-1, length, heads, C // heads)
-                .transpose(1, 2)
-            )
-
-        q, k, v = group(q), group(k), group(v)
-        # LePE: a depthwise conv of V over each stripe seen as a small image, zero-padded at its borders.
-        v_map = v.transpose(2, 3).reshape(-1, C, *stripe)
-        lepe = self.get_v(v_map).view(-1, heads, C // heads, length).transpose(2, 3)
-        mask = batch_mask(stripe_key_mask((H, W), padded, stripe, q.device), B)
-        dropout_p = self.attn_drop if self.training else 0.0
-        x = attend(q, k, v, bias=mask, scale=self.scale, dropout_p=dropout_p, store=self.attention_store) + lepe
-        x = stripes_to_image(x.transpose(1, 2).reshape(-1, length, C), stripe, padded)
-        return x[:, :H, :W]
 
 
 class CSWinBlock(nn.Module):
@@ -134,8 +78,8 @@ class CSWinBlock(nn.Module):
             branches = [LePEStripeAttention(dim, num_heads, stripe_width, None, scale, attn_drop)]
         else:
             branches = [
-                LePEStripeAttention(dim // 2, num_heads // 2, stripe_width, orientation, scale, attn_drop)
-                for orientation in ("vertical", "horizontal")
+                LePEStripeAttention(dim // 2, num_heads // 2, stripe_width, axis, scale, attn_drop)
+                for axis in ("columns", "rows")
             ]
         self.attns = nn.ModuleList(branches)
         self.drop_path = DropPath(drop_path)
@@ -146,7 +90,7 @@ class CSWinBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         if len(self.attns) == 1:
             y = self.attns[0](q, k, v)
-        else:  # first half of the channels: vertical stripes; second half: horizontal stripes
+        else:  # first half of the channels: vertical stripes (of columns); second half: horizontal (of rows)
             half = x.shape[-1] // 2
             vertical = self.attns[0](q[..., :half], k[..., :half], v[..., :half])
             horizontal = self.attns[1](q[..., half:], k[..., half:], v[..., half:])

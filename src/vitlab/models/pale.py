@@ -2,8 +2,9 @@
 
 Pale-shaped self-attention (PS-Attention) lets every token attend within a *pale*:
 s_r rows spread evenly over the height ("interlaced": rows N apart, N = H / s_r) together with
-s_c interlaced columns. Its "efficient parallel implementation", which this file implements, splits the
-channels in half: one half attends within groups of s_r interlaced rows, the other within groups
+s_c interlaced columns. Its "efficient parallel implementation", implemented in
+`layers.grouping.pales` (`PaleShapedAttention`, with the grouping; this file holds the block and
+the model), splits the channels in half: one half attends within groups of s_r interlaced rows, the other within groups
 of s_c interlaced columns, and the two outputs are concatenated and projected. A token's row
 group and column group together form its pale. Stacked in a four-stage pyramid like CSWin's, the
 blocks mix positions through a conditional position encoding (a depthwise convolution) before
@@ -43,98 +44,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 
 from vitlab.layers import Mlp, drop_path_rates
-from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.blocks import PreNormBlock
 from vitlab.layers.embed import ConvEmbed, ConvMerge
-from vitlab.layers.local import (
-    batch_mask,
-    column_groups_to_image,
-    image_to_column_groups,
-    image_to_row_groups,
-    pad_bottom_right,
-    pale_groups,
-    pale_key_mask,
-    row_groups_to_image,
-)
+from vitlab.layers.grouping.pales import PaleShapedAttention
 from vitlab.models.pyramid import Pyramid, Stage
 from vitlab.registry import register_model
-
-
-class InterlacedAttention(AttentionLayer):
-    """Multi-head attention within groups of `group_size` interlaced rows (or columns).
-
-    Takes the already projected q, k, v of its half of the channels as (B, H, W, dim) maps and
-    returns (B, H, W, dim). All groups of the batch go through one `attend()` call.
-    """
-
-    def __init__(self, num_heads: int, group_size: int, axis: str, scale: float, attn_drop: float = 0.0):
-        super().__init__()
-        if axis not in ("rows", "columns"):
-            raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
-        self.num_heads = num_heads
-        self.group_size = group_size
-        self.axis = axis
-        self.scale = scale
-        self.attn_drop = attn_drop
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, H, W, C = q.shape
-        rows = self.axis == "rows"
-        side = H if rows else W
-        groups = pale_groups(side, self.group_size)
-        lines = -(-side // groups)  # lines per group after padding
-        padded = (groups * lines, W) if rows else (H, groups * lines)
-        to_groups = image_to_row_groups if rows else image_to_column_groups
-
-        def group(t: Tensor) -> Tensor:  # (B, H, W, C) -> (B * groups, heads, L, C / heads)
-            t = to_groups(pad_bottom_right(t, padded), groups)
-            return t.view(t.shape[0], t.shape[1], self.num_heads, -1).transpose(1, 2)
-
-        q, k, v = group(q), group(k), group(v)
-        mask = batch_mask(pale_key_mask((H, W), padded, groups, self.axis, q.device), B)
-        dropout_p = self.attn_drop if self.training else 0.0
-        x = attend(q, k, v, bias=mask, scale=self.scale, dropout_p=dropout_p, store=self.attention_store)
-        x = x.transpose(1, 2).flatten(2)
-        x = row_groups_to_image(x, groups, padded) if rows else column_groups_to_image(x, groups, padded)
-        return x[:, :H, :W]
-
-
-class PaleShapedAttention(nn.Module):
-    """PS-Attention in its parallel form.
-
-    q, k, v for all channels, then the first half attends within interlaced row groups (`rows`),
-    the second within interlaced column groups (`columns`); concatenated and projected.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        pale_size: int,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ):
-        super().__init__()
-        if dim % num_heads or num_heads % 2:
-            raise ValueError(f"pale attention splits dim {dim} and num_heads {num_heads} in half: both must divide")
-        scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.rows = InterlacedAttention(num_heads // 2, pale_size, "rows", scale, attn_drop)
-        self.columns = InterlacedAttention(num_heads // 2, pale_size, "columns", scale, attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        half = x.shape[-1] // 2
-        rows = self.rows(q[..., :half], k[..., :half], v[..., :half])
-        columns = self.columns(q[..., half:], k[..., half:], v[..., half:])
-        return self.proj_drop(self.proj(torch.cat([rows, columns], dim=-1)))
 
 
 class PaleBlock(PreNormBlock):

@@ -25,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
-from vitlab.layers.local import neighbourhood_mask, neighbourhoods
+from vitlab.layers.grouping import batch_mask
+from vitlab.layers.grouping.neighbourhoods import Neighbourhoods
+from vitlab.layers.position import row_column_embeddings
 from vitlab.models.resnet import ConvStemResNet
 from vitlab.registry import register_model
 
@@ -40,8 +42,9 @@ class LocalSelfAttention(AttentionLayer):
     channels grouped by head. Logits are not scaled by 1/sqrt(d), as in eq. 3; instead the query
     projection starts small enough for unit-variance logits.
 
-    Since q.k + q.r = q.(k + r), the neighbourhoods are attended with keys k + r in one `attend()`
-    call per layer, with a mask leaving out the neighbours that fall outside the map.
+    Since q.k + q.r = q.(k + r), the neighbourhoods (`layers.grouping.neighbourhoods`) are attended
+    with keys k + r in one `attend()` call per layer, with the plan's mask leaving out the
+    neighbours that fall outside the map; r is assembled by `layers.position.row_column_embeddings`.
     """
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 7, num_heads: int = 8, stride: int = 1):
@@ -50,8 +53,7 @@ class LocalSelfAttention(AttentionLayer):
             raise ValueError(
                 f"out_planes {out_planes} must split into {num_heads} heads with an even number of channels each"
             )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (a window centred on its pixel), got {kernel_size}")
+        self.grouping = Neighbourhoods(kernel_size)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.kernel_size = kernel_size
@@ -63,7 +65,6 @@ class LocalSelfAttention(AttentionLayer):
         self.emb_row = nn.Parameter(torch.empty(kernel_size, out_planes // 2))
         self.emb_col = nn.Parameter(torch.empty(kernel_size, out_planes // 2))
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else None
-        self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -74,33 +75,19 @@ class LocalSelfAttention(AttentionLayer):
         for table in (self.emb_row, self.emb_col):
             nn.init.normal_(table, 0.0, 1.0)
 
-    def relative_embeddings(self) -> Tensor:
-        """(heads, k * k, head_dim): r for every window position, row offset major."""
-        k, heads, half = self.kernel_size, self.num_heads, self.head_dim // 2
-        rows = self.emb_row.view(k, 1, heads, half).expand(k, k, heads, half)
-        cols = self.emb_col.view(1, k, heads, half).expand(k, k, heads, half)
-        return torch.cat([rows, cols], dim=-1).reshape(k * k, heads, self.head_dim).transpose(0, 1)
-
-    def inside(self, height: int, width: int, device: torch.device) -> Tensor:
-        """(H * W, k * k) bool mask of the window positions inside the map, cached per size."""
-        key = (height, width, device)
-        if key not in self._masks:
-            self._masks[key] = neighbourhood_mask(height, width, self.kernel_size, device)
-        return self._masks[key]
-
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
         heads, d, window = self.num_heads, self.head_dim, self.kernel_size**2
+        plan = self.grouping.plan((H, W), x.device)
 
         def gather(t: Tensor) -> Tensor:  # (B, C, H, W) -> (B * H * W, heads, k * k, d)
-            return neighbourhoods(t, self.kernel_size).view(B * H * W, window, heads, d).transpose(1, 2)
+            return self.grouping.group(t, plan).view(-1, window, heads, d).transpose(1, 2)
 
-        q = self.query(x).permute(0, 2, 3, 1).contiguous().view(B * H * W, heads, 1, d)
-        k = gather(self.key(x)) + self.relative_embeddings()
+        q = self.query(x).permute(0, 2, 3, 1).contiguous().view(B * H * W, heads, 1, d)  # one query per pixel
+        k = gather(self.key(x)) + row_column_embeddings(self.emb_row, self.emb_col, heads)
         v = gather(self.value(x))
-        mask = self.inside(H, W, x.device).view(1, H * W, 1, 1, window).expand(B, -1, -1, -1, -1)
-        out = attend(q, k, v, bias=mask.reshape(B * H * W, 1, 1, window), scale=1.0, store=self.attention_store)
-        out = out.reshape(B, H, W, heads * d).permute(0, 3, 1, 2)
+        out = attend(q, k, v, bias=batch_mask(plan.mask, B), scale=1.0, store=self.attention_store)
+        out = self.grouping.ungroup(out.reshape(B * H * W, heads * d), plan)
         return self.pool(out) if self.pool is not None else out
 
 

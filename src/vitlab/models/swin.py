@@ -13,7 +13,7 @@ each stage, persistent index and mask buffers) and HF transformers convert on lo
 
 Any input size works: each block pads its map to a multiple of the window and crops back, patch
 merging pads odd sides, and a side no longer than the window becomes a single unshifted window
-(see `layers.local.window_geometry`). Windows are fixed at construction as in the references: a
+(see `layers.grouping.windows.window_geometry`). Windows are fixed at construction as in the references: a
 window larger than a stage's map at `img_size` shrinks to the map (timm's rule), which fixes the
 size of that block's relative-position table.
 """
@@ -23,15 +23,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.checkpoint import CheckpointError
 from vitlab.layers import Mlp, PatchEmbed, drop_path_rates
 from vitlab.layers.blocks import PreNormBlock
 from vitlab.layers.embed import to_2tuple
+from vitlab.layers.grouping import pad_to_multiple
+from vitlab.layers.grouping.windows import WindowAttention
 from vitlab.layers.heads import ClassifierHead
-from vitlab.layers.local import WindowAttention, crop_relative_position_table, resize_relative_position_table
+from vitlab.layers.position import crop_relative_position_table, resize_relative_position_table
 from vitlab.models.pyramid import Pyramid, Stage
 from vitlab.registry import Preprocess, register_model
 
@@ -66,10 +67,8 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = pad_to_multiple(x, (2, 2), channels_last=True)
         B, H, W, C = x.shape
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = H + H % 2, W + W % 2
         # (B, H/2, row offset, W/2, column offset, C) -> column offset outer, row offset inner: TL, BL, TR, BR.
         x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
         return self.reduction(self.norm(x))

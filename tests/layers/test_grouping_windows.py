@@ -1,20 +1,20 @@
-"""Window grouping (layers/local.py): geometry, relative positions, shift masks, WindowAttention."""
+"""Windows and shifted windows (layers/grouping/windows.py): geometry, token order, shift masks, WindowAttention."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vitlab
-from vitlab.layers import local
-from vitlab.layers.local import (
+from vitlab.layers.grouping import PLANS
+from vitlab.layers.grouping.windows import (
     WindowAttention,
-    crop_relative_position_table,
-    relative_position_index,
-    resize_relative_position_table,
+    Windows,
     shifted_window_mask,
     window_geometry,
     window_partition,
+    window_token_order,
 )
+from vitlab.layers.position import relative_position_index
 
 
 def test_partition_keeps_raster_order():
@@ -38,36 +38,6 @@ def test_partition_keeps_raster_order():
 def test_window_geometry(size, window, shift, expected):
     g = window_geometry(size, window, shift)
     assert (g.window, g.shift, g.padded) == expected
-
-
-def test_relative_position_index_is_query_minus_key_row_major():
-    index = relative_position_index((7, 7))
-    assert index.shape == (49, 49) and index.min() == 0 and index.max() == 168
-    assert len(index.unique()) == 169
-    query, key = 1 * 7 + 0, 0  # query one row below the key: offset (dy, dx) = (1, 0)
-    assert index[query, key] == (1 + 6) * 13 + (0 + 6)
-    query, key = 0, 2  # query two columns left of the key: offset (0, -2)
-    assert index[query, key] == (0 + 6) * 13 + (-2 + 6)
-    assert (index.diagonal() == 84).all()  # the centre row: offset (0, 0)
-
-
-def test_a_smaller_window_uses_the_central_rows_of_the_table():
-    table = torch.randn(13 * 13, 2)
-    small = crop_relative_position_table(table, (4, 3), (7, 7))
-    assert small.shape == (7 * 5, 2)
-    torch.testing.assert_close(small[relative_position_index((4, 3))], table[relative_position_index((4, 3), (7, 7))])
-    with pytest.raises(ValueError, match="larger than"):
-        relative_position_index((8, 8), (7, 7))
-
-
-def test_resizing_a_table_keeps_the_zero_offset_and_shape():
-    table = torch.randn(13 * 13, 3)
-    resized = resize_relative_position_table(table, (12, 12))
-    assert resized.shape == (23 * 23, 3)
-    torch.testing.assert_close(resized[11 * 23 + 11], table[6 * 13 + 6])  # a token's bias to itself
-    assert resize_relative_position_table(table, (7, 7)) is table
-    with pytest.raises(ValueError, match="not the table of a square window"):
-        resize_relative_position_table(torch.randn(10, 3), (7, 7))
 
 
 def naive_shift_mask(padded, window, shift):
@@ -107,7 +77,7 @@ def attention_module(window=7, shift=3, dim=8, heads=2):
 
 def test_token_order_is_pad_then_roll_then_partition():
     g = window_geometry((10, 12), (7, 7), (3, 3))
-    gather, padding, scatter = local.window_token_order(g)
+    gather, padding, scatter = window_token_order(g)
     x = torch.randn(2, 10, 12, 5)
     reference = window_partition(torch.roll(F.pad(x, (0, 0, 0, 2, 0, 4)), (-3, -3), (1, 2)), (7, 7))
     grouped = x.reshape(2, 120, 5).index_select(1, gather)
@@ -115,16 +85,27 @@ def test_token_order_is_pad_then_roll_then_partition():
     torch.testing.assert_close(grouped.view(-1, 49, 5), reference)
     torch.testing.assert_close(grouped.index_select(1, scatter).view(2, 10, 12, 5), x)
     assert padding.numel() == 14 * 14 - 120
-    assert local.window_token_order(window_geometry((14, 14), (7, 7), (0, 0)))[1] is None
+    assert window_token_order(window_geometry((14, 14), (7, 7), (0, 0)))[1] is None
+
+
+def test_group_is_pad_roll_partition_and_ungroup_its_inverse():
+    scheme = Windows((7, 7), (3, 3))
+    plan = scheme.plan((10, 12), torch.device("cpu"))
+    assert (plan.window, plan.shift, plan.padded, plan.num_windows) == ((7, 7), (3, 3), (14, 14), 4)
+    x = torch.randn(2, 10, 12, 5)
+    windows = scheme.group(x, plan)
+    reference = window_partition(torch.roll(F.pad(x, (0, 0, 0, 2, 0, 4)), (-3, -3), (1, 2)), (7, 7))
+    torch.testing.assert_close(windows, reference, rtol=0, atol=0)
+    torch.testing.assert_close(scheme.ungroup(windows, plan), x, rtol=0, atol=0)
 
 
 def test_grouping_and_ungrouping_have_exact_gradients():
-    layout = attention_module().layout((10, 12), torch.device("cpu"))
-    x = torch.randn(2, 120, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: local.group_windows(t, layout), (x,))
-    windows = torch.randn(2, 14 * 14, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: local.ungroup_windows(t, layout), (windows,))
-    torch.testing.assert_close(local.ungroup_windows(local.group_windows(x, layout), layout), x)
+    scheme = Windows((7, 7), (3, 3))
+    plan = scheme.plan((10, 12), torch.device("cpu"))
+    x = torch.randn(2, 10, 12, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: scheme.group(t, plan), (x,))
+    windows = torch.randn(2 * 4, 49, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: scheme.ungroup(t, plan), (windows,))
 
 
 def test_padding_inside_equals_zero_padding_before_the_shift():
@@ -147,28 +128,8 @@ def test_a_map_within_one_window_is_full_attention_with_the_central_biases():
     torch.testing.assert_close(out, expected.view(1, 4, 4, 8))
 
 
-def test_layouts_are_built_once_per_size(monkeypatch):
-    calls = []
-    original = local.shifted_window_mask
-
-    def counting(*args):
-        calls.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(local, "shifted_window_mask", counting)
-    module = attention_module()
-    x = torch.randn(1, 14, 14, 8)
-    with torch.no_grad():
-        module(x)
-        first = module._layouts[((14, 14), x.device)]
-        module(x)
-    assert len(calls) == 1 and module._layouts[((14, 14), x.device)] is first
-    with torch.no_grad():
-        module(torch.randn(1, 21, 14, 8))
-    assert len(calls) == 2 and len(module._layouts) == 2
-
-
-def test_layouts_first_built_under_inference_mode_serve_training():
+def test_plans_first_built_under_inference_mode_serve_training():
+    PLANS.clear()  # so that the plan is first built below, under inference_mode
     module = attention_module()
     x = torch.randn(1, 10, 12, 8)
     with torch.inference_mode():
@@ -207,3 +168,10 @@ def test_capture_gives_per_window_probabilities():
 def test_shift_must_be_smaller_than_the_window():
     with pytest.raises(ValueError, match="shift"):
         WindowAttention(8, 2, 4, 4)
+
+
+def test_the_plan_holds_the_central_rows_of_the_table_for_a_clamped_window():
+    plan = Windows((7, 7), (3, 3)).plan((4, 9), torch.device("cpu"))
+    assert (plan.window, plan.shift, plan.padded) == ((4, 7), (0, 3), (4, 14))
+    torch.testing.assert_close(plan.index, relative_position_index((4, 7), (7, 7)).flatten())
+    torch.testing.assert_close(plan.mask, shifted_window_mask((4, 14), (4, 7), (0, 3)))
