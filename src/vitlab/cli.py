@@ -7,6 +7,9 @@ Every command raises vitlab's own errors; `main()` alone prints them, one line `
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +19,31 @@ import torch
 
 class UsageError(ValueError):
     """A command line that cannot work (a labels file of the wrong length, ...)."""
+
+
+def default_threads() -> int:
+    """Intra-op threads for this process: the cores not already busy (at least one).
+
+    On a shared or loaded machine, as many threads as cores make every thread wait for the slowest,
+    which other work keeps descheduling; see docs/training.md for the measurements. OMP_NUM_THREADS,
+    when set, is respected.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def vitlab_command() -> str:
+    """How to run vitlab from a shell, as printed in hints: `vitlab` if that is this installation, else python -m."""
+    script = shutil.which("vitlab")
+    if script and Path(script).resolve().parent == Path(sys.executable).resolve().parent:
+        return "vitlab"
+    return f"{shlex.quote(sys.executable)} -m vitlab"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -164,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="vitlab", description="Vision transformers: models, training, analysis.")
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads per process (default: the cores not busy with other work)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser("models", help="list the models with params, GMACs and reference")
@@ -195,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", required=True, help="demo, mnist, fashion-mnist, cifar10, cifar100 or a folder")
     evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument(
+        "--split", choices=("all", "train", "val", "test"), help="default: all for an image folder, else test"
+    )
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--img-size", type=positive_int)
     evaluate.add_argument("--device", default="auto")
@@ -223,6 +256,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads or default_threads())
     from vitlab.train.loop import TrainingDiverged
 
     try:

@@ -58,7 +58,10 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tupl
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise DatasetError(f"{root} has class folders that the training set lacks: {', '.join(unknown)}")
+            raise DatasetError(
+                f"{root} has class folders that the model's classes lack: {', '.join(unknown)} "
+                f"(its classes: {', '.join(classes)})"
+            )
     files, labels = [], []
     for name in found:
         images = _list_images(root / name)
@@ -87,6 +90,42 @@ def split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[li
 
 def _subfolder(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def evaluation_folder(root: Path, split: str, size: int, classes: Sequence[str] | None) -> ImageFolderDataset:
+    """The images of `root` that `vitlab eval` scores, labelled by folder name against `classes`.
+
+    `split` "all" takes every image: of `root/<class>/` or, for a tree with split folders, of all of
+    them; "train", "val", "test" take that split folder. Each class folder gets the index of its name
+    in `classes` (the model's), so folders may sort differently or miss classes; a folder whose name
+    is not a class is an error. Without `classes` the sorted folder names are the classes.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"data folder {root} does not exist")
+    has_splits = any(_subfolder(root, names) for names in SPLIT_FOLDERS.values())
+    if split == "all" and not has_splits:
+        folders = [root]
+    elif split == "all":
+        folders = [f for names in SPLIT_FOLDERS.values() if (f := _subfolder(root, names)) is not None]
+    else:
+        folder = _subfolder(root, SPLIT_FOLDERS[split])
+        if folder is None:
+            raise DatasetError(
+                f"{root} has no {split} folder (looked for {', '.join(SPLIT_FOLDERS[split])}); "
+                f"--split all scores every image"
+            )
+        folders = [folder]
+    if classes is None:
+        classes = sorted({p.name for f in folders for p in f.iterdir() if p.is_dir() and not p.name.startswith(".")})
+    files, labels = [], []
+    for folder in folders:
+        found, found_labels, _ = scan_class_folders(folder, classes)
+        files += found
+        labels += found_labels
+    return ImageFolderDataset(files, labels, classes, size, f"{root} ({split})")
 
 
 def image_folder_splits(root: Path, size: int, val_fraction: float, seed: int = 0) -> dict[str, ImageFolderDataset]:

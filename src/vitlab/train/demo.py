@@ -32,6 +32,7 @@ DEMO_RECIPE = dict(
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dict:
     from vitlab.analysis.attention import class_token_attention
+    from vitlab.cli import vitlab_command
     from vitlab.data.augment import EvalPreprocess
     from vitlab.data.datasets import demo_dataset
     from vitlab.registry import load_model
@@ -67,6 +68,6 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dic
         f"\ndemo: test accuracy {summary['test_top1']:.1f}% on {summary['test_images']} Fashion-MNIST images "
         f"(chance 10%) after {summary['train_seconds']:.0f}s of training.\n"
         f"  curves:     {output / 'curves.png'}\n  attention:  {picture}\n  weights:    {output / 'model.safetensors'}"
-        f"\n  try:        vitlab eval --checkpoint {output / 'model.safetensors'} --data demo"
+        f"\n  try:        {vitlab_command()} eval --checkpoint {output / 'model.safetensors'} --data demo"
     )
     return summary

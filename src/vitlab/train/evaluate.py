@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vitlab.checkpoint import inspect_checkpoint
 from vitlab.data.datasets import KNOWN_DATASETS, build_datasets
+from vitlab.data.folders import evaluation_folder
 from vitlab.data.transforms import eval_load_size
 from vitlab.registry import create_model, get_entry
 from vitlab.train.config import ConfigError
@@ -13,23 +15,27 @@ from vitlab.train.distributed import DistInfo, resolve_device
 from vitlab.train.precision import autocast, resolve_amp
 from vitlab.train.tasks.classification import Evaluator
 
+SPLITS = ("all", "train", "val", "test")
+
 
 def evaluate(
     model_name: str | None,
     checkpoint: str,
     data: str,
     data_dir: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     batch_size: int = 256,
     img_size: int | None = None,
     device: str = "auto",
     workers: int = 2,
     progress: bool = False,
-    amp: str = "none",
+    amp: str = "auto",
 ) -> dict[str, Any]:
     """Top-1 / top-5 of a checkpoint on a dataset split (`vitlab eval`).
 
-    A vitlab file names its model and input size; `model_name` and `img_size` override them.
+    A vitlab file names its model and input size; `model_name` and `img_size` override them. For an
+    image folder `split` defaults to "all" (every image) and classes are matched by name with the
+    checkpoint's class names; for a benchmark dataset it defaults to "test".
     """
     from vitlab.data.augment import EvalPreprocess
 
@@ -42,16 +48,24 @@ def evaluate(
     overrides = {} if img_size is None else {"img_size": img_size}
     if img_size is None and model_name == described.model:
         img_size = described.model_args.get("img_size")
-    if img_size is None and data.lower() not in KNOWN_DATASETS:
+    folder = data.lower() not in KNOWN_DATASETS
+    if img_size is None and folder:
         img_size = entry.preprocess.img_size
     load_size = eval_load_size(img_size, entry.preprocess.crop_pct) if img_size else 1
-    splits = build_datasets(data, data_dir, folder_size=load_size)
-    if img_size is None:
-        img_size = overrides["img_size"] = splits.train.size[0]
-    dataset = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
+    split = split or ("all" if folder else "test")
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if folder:
+        dataset = evaluation_folder(Path(data), split, load_size, described.class_names)
+    elif split == "all":
+        raise ConfigError(f"--split all scores an image folder; {data} has train and test splits")
+    else:
+        dataset = getattr(build_datasets(data, data_dir, folder_size=load_size), split)
+        img_size = img_size or dataset.size[0]
+        overrides.setdefault("img_size", img_size)
     model = create_model(model_name, pretrained=checkpoint, **overrides)
-    if model.num_classes != len(splits.classes):
-        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(splits.classes)}")
+    if model.num_classes != len(dataset.classes):
+        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(dataset.classes)}")
     model.to(info.device).eval()
     pre = entry.preprocess
     preprocess = EvalPreprocess(img_size, pre.mean, pre.std, model.in_chans).to(info.device)
