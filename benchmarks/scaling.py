@@ -53,7 +53,7 @@ def main() -> None:
             meta_model = entry.builder(**entry.config)
         row, first, first_macs = [name], None, None
         for size in args.sizes:
-            x = torch.randn(args.batch_size, entry.input_size[0], size, size)
+            x = torch.randn(args.batch_size, entry.preprocess.input_size[0], size, size)
 
             def run(model=model, x=x) -> None:
                 with torch.inference_mode():

@@ -30,6 +30,27 @@ def transformer_block_rules(block: str, to: str, attention: str = "attention") -
     ]
 
 
+# HF config fields that mean the same in every vision family, and vitlab's constructor arguments for them.
+COMMON_FIELDS = dict(
+    layer_norm_eps="norm_eps",
+    image_size="img_size",
+    patch_size="patch_size",
+    num_channels="in_chans",
+    qkv_bias="qkv_bias",
+)
+
+
+def config_arguments(config: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """vitlab constructor arguments from an HF config: `fields` (HF name -> vitlab name) beyond the common
+    ones, and `num_classes` from its labels."""
+    names = {**COMMON_FIELDS, **fields}
+    out = {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
+    classes = class_count(config)
+    if classes is not None:
+        out["num_classes"] = classes
+    return out
+
+
 def class_count(config: dict[str, Any]) -> int | None:
     """The number of labels an HF config declares (`id2label`, else `num_labels`), if any."""
     id2label = config.get("id2label")

@@ -19,7 +19,7 @@ from vitlab.checkpoint import CheckpointError
 from vitlab.layers.grouping.windows import WindowAttention, shifted_window_mask, window_geometry
 from vitlab.layers.position import relative_position_index
 from vitlab.layouts import StateDict, fuse_qkv, register_config_reader, register_converter, rename_keys
-from vitlab.layouts.hf import class_count, transformer_block_rules
+from vitlab.layouts.hf import config_arguments, transformer_block_rules
 from vitlab.models.swin import SwinTransformer
 
 _BUFFERS = ("relative_position_index", "attn_mask")
@@ -123,23 +123,9 @@ def convert_hf(state_dict: StateDict, model: nn.Module) -> StateDict:
 @register_config_reader(SwinTransformer)
 def read_hf_config(config: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments of an HF `SwinConfig` (eps, sizes, windows, classes)."""
-    names = dict(
-        embed_dim="embed_dim",
-        depths="depths",
-        num_heads="num_heads",
-        window_size="window_size",
-        mlp_ratio="mlp_ratio",
-        layer_norm_eps="norm_eps",
-        image_size="img_size",
-        patch_size="patch_size",
-        num_channels="in_chans",
-        qkv_bias="qkv_bias",
-    )
-    out = {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
+    fields = dict(embed_dim="embed_dim", window_size="window_size", mlp_ratio="mlp_ratio")
+    out = config_arguments(config, {**fields, "depths": "depths", "num_heads": "num_heads"})
     for key in ("depths", "num_heads"):
         if key in out:
             out[key] = tuple(out[key])
-    classes = class_count(config)
-    if classes is not None:
-        out["num_classes"] = classes
     return out

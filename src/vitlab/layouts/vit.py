@@ -9,7 +9,7 @@ from torch import nn
 
 from vitlab.checkpoint import CheckpointError
 from vitlab.layouts import StateDict, fuse_qkv, register_config_reader, register_converter, rename_keys
-from vitlab.layouts.hf import class_count, transformer_block_rules
+from vitlab.layouts.hf import config_arguments, transformer_block_rules
 from vitlab.models.vit import VisionTransformer
 
 _PREFIX = r"^(?:vit\.|deit\.)?"
@@ -42,24 +42,13 @@ def read_hf_config(config: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(
             f"the HF config uses hidden_act={config['hidden_act']!r}; vitlab's ViT uses the exact GELU ('gelu')"
         )
-    names = dict(
-        hidden_size="embed_dim",
-        num_hidden_layers="depth",
-        num_attention_heads="num_heads",
-        layer_norm_eps="norm_eps",
-        image_size="img_size",
-        patch_size="patch_size",
-        num_channels="in_chans",
-        qkv_bias="qkv_bias",
+    out = config_arguments(
+        config, dict(hidden_size="embed_dim", num_hidden_layers="depth", num_attention_heads="num_heads")
     )
-    out = {ours: config[theirs] for theirs, ours in names.items() if theirs in config}
     if "intermediate_size" in config and "hidden_size" in config:
         out["mlp_ratio"] = config["intermediate_size"] / config["hidden_size"]
     if "DeiTForImageClassificationWithTeacher" in config.get("architectures", []):
         out["distilled"] = True
-    classes = class_count(config)
-    if classes is not None:
-        out["num_classes"] = classes
     return out
 
 
