@@ -164,7 +164,7 @@ def test_bad_folders(tmp_path):
         build_datasets(str(tmp_path / "d"), None, folder_size=8)
     _save(tmp_path / "d" / "train" / "dog" / "0.png", "RGB", rng)
     _save(tmp_path / "d" / "val" / "owl" / "0.png", "RGB", rng)
-    with pytest.raises(DatasetError, match="class folders that the training set lacks: owl"):
+    with pytest.raises(DatasetError, match="class folders that are not among the classes: owl"):
         build_datasets(str(tmp_path / "d"), None, folder_size=8)
 
 

@@ -59,8 +59,8 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tupl
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise DatasetError(
-                f"{root} has class folders that the model's classes lack: {', '.join(unknown)} "
-                f"(its classes: {', '.join(classes)})"
+                f"{root} has class folders that are not among the classes: {', '.join(unknown)} "
+                f"(the classes: {', '.join(classes)})"
             )
     files, labels = [], []
     for name in found:

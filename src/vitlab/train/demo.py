@@ -1,5 +1,5 @@
 """`make demo` / `vitlab demo`: a small vision transformer learns the built-in Fashion-MNIST subset
-offline in a couple of minutes on two CPU cores, then shows where its class token looks.
+offline in a couple of minutes on two CPU cores, then shows which patches its decisions draw on.
 """
 
 from __future__ import annotations
@@ -9,16 +9,25 @@ from pathlib import Path
 import torch
 
 DEMO_RECIPE = dict(
+    # The design of recipes/fashion-mnist.yaml (93% on the full data): five 3x3 conv-BN-ReLU layers to a
+    # 7x7 grid of 64-d tokens, 3 transformer blocks, and a classifier over the flattened tokens.
     model="vitc_tiny_s4_32",
-    # global_pool "token": the class token decides, so its attention (the picture) is what the model uses.
     model_args=dict(
-        stem_channels=[32, 64], embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, in_chans=1, global_pool="token"
+        stem_channels=[16, 32, 32, 64, 64],
+        stem_strides=[1, 2, 1, 2, 1],
+        embed_dim=64,
+        depth=3,
+        num_heads=4,
+        mlp_ratio=2.0,
+        in_chans=1,
+        global_pool="flatten",
     ),
     data="demo",
+    img_size=28,
     epochs=20,
     batch_size=64,
     lr=2e-3,
-    unscale_lr=True,
+    lr_scaling="none",
     warmup_epochs=1,
     min_lr=1e-5,
     weight_decay=0.05,
@@ -26,12 +35,13 @@ DEMO_RECIPE = dict(
     crop_padding=2,
     hflip=0.5,
     label_smoothing=0.1,
+    channels_last=True,
     workers=0,
 )
 
 
 def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dict:
-    from vitlab.analysis.attention import class_token_attention
+    from vitlab.analysis.attention import attention_rollout
     from vitlab.cli import vitlab_command
     from vitlab.data.augment import EvalPreprocess
     from vitlab.data.datasets import demo_dataset
@@ -55,15 +65,14 @@ def run_demo(output: str | Path = "runs/demo", epochs: int | None = None) -> dic
     x = EvalPreprocess(model.img_size[0], pre.mean, pre.std, model.in_chans)(images)
     with torch.no_grad():
         predicted = model(x).argmax(-1)
-    attention = class_token_attention(model, x)
+    attention = attention_rollout(model, x)
     titles = [
         f"{test.classes[int(p)]}" + ("" if p == y else f"\n(true: {test.classes[int(y)]})")
         for p, y in zip(predicted, labels, strict=True)
     ]
     picture = output / "attention.png"
-    plot_attention(
-        images.float() / 255, attention, titles, picture, "predicted class; below: last block's class-token attention"
-    )
+    caption = "predicted class; below: attention rollout, how much each patch feeds the classifier"
+    plot_attention(images.float() / 255, attention, titles, picture, caption)
     print(
         f"\ndemo: test accuracy {summary['test_top1']:.1f}% on {summary['test_images']} Fashion-MNIST images "
         f"(chance 10%) after {summary['train_seconds']:.0f}s of training.\n"

@@ -60,7 +60,7 @@ class Run:
 
     def learning_rate(self, global_step: int) -> float:
         config, steps = self.config, self.steps_per_epoch
-        warmup = round(config.warmup_epochs * steps)
+        warmup = round(config.effective_warmup_epochs() * steps)
         return cosine_lr(global_step, config.epochs * steps, warmup, self.lr, config.min_lr, config.warmup_lr)
 
 

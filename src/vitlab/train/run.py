@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -85,6 +86,12 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo) -> Run:
         rundir.path.mkdir(parents=True, exist_ok=True)
         rundir.write_config(config)
         log(describe(run, amp))
+    if config.effective_warmup_epochs() > 0.5 * config.epochs:
+        warnings.warn(
+            f"the learning-rate warmup ({config.effective_warmup_epochs():g} epochs) covers most of the "
+            f"{config.epochs}-epoch run: the rate peaks late and the run barely trains at it; lower --warmup-epochs",
+            stacklevel=2,
+        )
     return run
 
 
@@ -122,7 +129,8 @@ def describe(run: Run, amp: str) -> str:
     lines = [
         f"training {config.model} ({params / 1e6:.2f}M params) on {data.name}: {len(data.train)} train / "
         f"{len(data.val)} val images, {len(data.classes)} classes, {config.epochs} epochs of {run.steps_per_epoch} "
-        f"steps, batch {config.batch_size}, lr {config.effective_lr():.3g}, {info.world_size} process(es) on "
+        f"steps, batch {config.batch_size}, lr {config.effective_lr():.3g} (warmup "
+        f"{config.effective_warmup_epochs():g} epochs), {info.world_size} process(es) on "
         f"{info.device.type}, precision {'float32' if amp == 'none' else amp}"
     ]
     return "\n".join(lines + [f"note: {note}" for note in data.notes])
