@@ -27,7 +27,7 @@ OTHER_CHECKS = {
     "SwinTransformer": "live: every variant vs timm",
     "PaleTransformer": "no released code: layer vs a per-token implementation of the paper (tests/models/test_pale.py)",
     "SASAResNet": "no released code: layer vs the paper's equation pixel by pixel (tests/models/test_sasa.py)",
-    "ConvStemViT": "vitlab's own configuration: no reference",
+    "conv_stem_vit": "vitlab's own configuration: no reference",
     "ConvNet": "vitlab's own configuration: no reference",
 }
 

@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,20 +23,35 @@ class UsageError(ValueError):
 
 
 def default_threads() -> int:
-    """Intra-op threads for this process: the cores not already busy (at least one).
+    """Intra-op threads for this process: the cores not busy with other work right now (at least one).
 
     On a shared or loaded machine, as many threads as cores make every thread wait for the slowest,
-    which other work keeps descheduling; see docs/training.md for the measurements. OMP_NUM_THREADS,
-    when set, is respected.
+    which other work keeps descheduling; see docs/training.md for the measurements. The idle share
+    of the CPUs is sampled for a fifth of a second (Linux); OMP_NUM_THREADS, when set, is respected.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = idle_cores(0.2)
+    return cores if idle is None else max(1, min(cores, round(idle)))
+
+
+def idle_cores(seconds: float) -> float | None:
+    """How many cores sat idle over the next `seconds`, from /proc/stat; None where it cannot be read."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
 
 
 def vitlab_command() -> str:
@@ -113,7 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not output:
             raise UsageError("--resume needs --output DIR, the run to continue")
         if RunDir(output).has_checkpoint():  # else the run starts: the same command after any pre-emption
-            values.update(RunDir(output).read_checkpoint()["config"])
+            saved = RunDir(output).read_checkpoint()
+            values.update(saved["config"])
+            if args.threads is None and saved.get("threads"):  # the same float sums as before the interruption
+                torch.set_num_threads(int(saved["threads"]))
     if args.config:
         values.update(load_yaml(args.config))
     values.update(explicit)

@@ -77,3 +77,26 @@ def pytest_approx(value):
     import pytest
 
     return pytest.approx(value, rel=1e-5)
+
+
+def _buffers_after_broadcast(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from vitlab.train.distributed import DistInfo, broadcast_buffers
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    norm = torch.nn.BatchNorm1d(3)
+    norm.running_mean.fill_(float(rank + 1))  # each process has seen other batches
+    norm.num_batches_tracked.fill_(10 * (rank + 1))
+    broadcast_buffers(norm, DistInfo(rank=rank, world_size=2))
+    torch.save({k: v.clone() for k, v in norm.state_dict().items()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_process_evaluates_with_the_first_processs_batchnorm_statistics(tmp_path):
+    torch.multiprocessing.spawn(
+        _buffers_after_broadcast, args=(f"file://{tmp_path}/init", str(tmp_path)), nprocs=2, join=True
+    )
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(one["running_mean"], torch.ones(3)) and torch.equal(zero["running_mean"], torch.ones(3))
+    assert int(one["num_batches_tracked"]) == 10

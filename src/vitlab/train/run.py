@@ -80,7 +80,10 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo) -> Run:
     run = Run(
         config, info, rundir, data, task, state, module, autocast(amp, info.device),
         steps_per_epoch=len(data.train) // config.batch_size, log=log, progress=progress,
-        checkpoint_extras=dict(config=config.to_dict(), class_names=data.classes, model_args=json_safe(model_args)),
+        checkpoint_extras=dict(
+            config=config.to_dict(), class_names=data.classes, model_args=json_safe(model_args),
+            threads=torch.get_num_threads(),  # float sums depend on it: a resumed run keeps it
+        ),
     )  # fmt: skip
     if info.main:
         rundir.path.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,7 @@ def finish(run: Run) -> dict[str, Any]:
         "skipped_files": state.skipped_images,
         "processes": info.world_size,
         "device": info.device.type,
+        "threads": torch.get_num_threads(),
     }
     if info.main:
         run.rundir.write_weights(final.state_dict(), data.classes, config.model, args)
