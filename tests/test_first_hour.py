@@ -194,3 +194,14 @@ def test_threads_option_sets_the_intra_op_threads(run_dir, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_wrong_checkpoint_is_described_by_what_the_file_holds(tmp_path):
+    deit = vitlab.create_model("deit_tiny_patch16_224", embed_dim=32, depth=1, num_heads=2, img_size=32)
+    save_file(deit.state_dict(), tmp_path / "deit.safetensors")
+    with pytest.raises(CheckpointError) as caught:  # not taken for an official Swin checkpoint
+        vitlab.create_model("swin_tiny_patch4_window7_224", pretrained=tmp_path / "deit.safetensors")
+    assert "(native layout)" in str(caught.value) and "official" not in str(caught.value)
+    with pytest.raises(CheckpointError) as caught:  # the position table is reported with the file's shape
+        vitlab.create_model("vit_base_patch16_224", pretrained=tmp_path / "deit.safetensors", num_classes=1000)
+    assert "pos_embed (checkpoint (1, 5, 32), model (1, 197, 768))" in str(caught.value)

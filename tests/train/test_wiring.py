@@ -221,3 +221,8 @@ def test_patch_mixing_on_a_side_that_is_not_a_multiple_of_the_patch(tmp_path):
     assert run.state.model.grid_size == (3, 3)  # 8 px at patch 3: padded to 9
     loss = run.task.loss(run.module, *first_batch(run), run.amp)
     assert torch.isfinite(loss)
+
+
+def test_a_warmup_that_covers_most_of_the_run_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup \(5 epochs\) covers most of the 2-epoch run"):
+        prepared(tmp_path, epochs=2, warmup_epochs=5)
