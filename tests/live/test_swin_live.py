@@ -27,7 +27,7 @@ def test_full_size_variant_matches_timm(name):
             p.add_(torch.randn_like(p) * 0.02)
     ours = vitlab.create_model(name).eval()
     assert load_state_dict(ours, reference.state_dict(), source=f"timm {name}") == "native"
-    size = get_entry(name).input_size
+    size = get_entry(name).preprocess.input_size
     x = torch.randn(1, *size)
     with torch.no_grad():
         expected, actual = reference(x), ours(x)

@@ -28,7 +28,7 @@ def test_timm_variant(name):
     model = vitlab.create_model(name).eval()
     assert load_state_dict(model, reference.state_dict()) == "native"
     assert vitlab.count_params(model) == sum(p.numel() for p in reference.parameters())
-    x = torch.randn(2, *vitlab.registry.get_entry(name).input_size)
+    x = torch.randn(2, *vitlab.registry.get_entry(name).preprocess.input_size)
     with torch.no_grad():
         compare(model(x), reference(x), f"{name} timm {timm.__version__}")
 
@@ -69,8 +69,8 @@ def test_hf_base(tmp_path, name, config_cls, model_cls):
     config = getattr(transformers, config_cls)(num_labels=1000)
     reference = getattr(transformers, model_cls)(config).eval()
     reference.save_pretrained(tmp_path)
-    model = vitlab.create_model(name, pretrained=tmp_path / "model.safetensors", norm_eps=config.layer_norm_eps)
-    model.eval()
+    model = vitlab.create_model(name, pretrained=tmp_path).eval()  # the directory: config.json gives eps 1e-12
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {config.layer_norm_eps}
     assert load_state_dict(model, reference.state_dict()) == "hf"  # the in-memory names convert too
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
