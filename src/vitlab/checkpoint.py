@@ -218,13 +218,17 @@ def load_checkpoint(
     *,
     use_ema: bool = False,
     reset_head: bool | str = False,
+    contents: Any = None,
 ) -> str:
     """Load a checkpoint file (or an HF model directory) into `model` strictly; returns its layout.
 
-    `use_ema` takes the EMA weights of a training checkpoint. See `load_state_dict` for the rest.
+    `use_ema` takes the EMA weights of a training checkpoint; `contents`, what `read_checkpoint` already
+    read of the file (then it is not read again). See `load_state_dict` for the rest.
     """
     path = weights_file(path)
-    state_dict = extract_state_dict(read_checkpoint(path), str(path), use_ema)
+    if contents is None:
+        contents = read_checkpoint(path)
+    state_dict = extract_state_dict(contents, str(path), use_ema)
     return load_state_dict(model, state_dict, source=str(path), reset_head=reset_head)
 
 
@@ -311,6 +315,7 @@ class CheckpointInfo:
     model_args: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] | None = None
     hf_config: dict[str, Any] | None = None
+    contents: Any = field(default=None, repr=False, compare=False)  # a torch file, read whole to inspect it
 
     def describe(self) -> str:
         if self.model is None:
@@ -324,7 +329,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     path = weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    model, args, names = None, {}, None
+    model, args, names, contents = None, {}, None, None
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -336,13 +341,13 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         model, args = meta.get("vitlab_model"), json.loads(meta.get("vitlab_model_args", "{}"))
         names = json.loads(meta["class_names"]) if "class_names" in meta else None
     elif path.suffix in TORCH_SUFFIXES:
-        obj = read_checkpoint(path)
-        if isinstance(obj, Mapping):
-            config = obj.get("config")
-            if isinstance(config, Mapping) and isinstance(obj.get("model_args"), Mapping):
-                model, args = config.get("model"), dict(obj["model_args"])
-            if isinstance(obj.get("class_names"), list | tuple):
-                names = [str(n) for n in obj["class_names"]]
+        contents = read_checkpoint(path)
+        if isinstance(contents, Mapping):
+            config = contents.get("config")
+            if isinstance(config, Mapping) and isinstance(contents.get("model_args"), Mapping):
+                model, args = config.get("model"), dict(contents["model_args"])
+            if isinstance(contents.get("class_names"), list | tuple):
+                names = [str(n) for n in contents["class_names"]]
     hf_config = None
     if (path.parent / "config.json").is_file():
         try:
@@ -353,7 +358,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
             from vitlab.layouts.hf import class_names
 
             names = class_names(hf_config)
-    return CheckpointInfo(path, model, args, names, hf_config)
+    return CheckpointInfo(path, model, args, names, hf_config, contents)
 
 
 def read_class_names(path: str | Path) -> list[str] | None:

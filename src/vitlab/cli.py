@@ -129,17 +129,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not output:
             raise UsageError("--resume needs --output DIR, the run to continue")
         if RunDir(output).has_checkpoint():  # else the run starts: the same command after any pre-emption
-            saved = RunDir(output).read_checkpoint()
-            values.update(saved["config"])
-            if args.threads is None and saved.get("threads"):  # the same float sums as before the interruption
-                torch.set_num_threads(int(saved["threads"]))
+            values.update(RunDir(output).read_config())
     if args.config:
         values.update(load_yaml(args.config))
     values.update(explicit)
     config = make_config(values)
     if not config.output:
         config.output = f"runs/{config.model}-{Path(config.data).name}"
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, threads=args.threads)
     return 0
 
 

@@ -116,7 +116,7 @@ def get_entry(name: str) -> ModelEntry:
 
 def create_model(
     name: str,
-    pretrained: bool | str | Path = False,
+    pretrained: bool | str | Path | Any = False,
     *,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
@@ -125,11 +125,12 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model by name.
 
-    `pretrained` is False, True (the published checkpoint, from the local cache or downloaded) or
-    the path of a checkpoint in any layout `load_checkpoint` understands (`checkpoint_path`, as in
-    timm, is the same). A checkpoint that describes its model builds the model to match: a vitlab
-    file applies its stored constructor arguments and class count, an HF checkpoint its
-    `config.json` (LayerNorm eps, sizes, labels). `overrides` replace the variant's (and the
+    `pretrained` is False, True (the published checkpoint, from the local cache or downloaded), the
+    path of a checkpoint in any layout `load_checkpoint` understands (`checkpoint_path`, as in timm,
+    is the same), or what `inspect_checkpoint` read of one (so that it is not read again). A
+    checkpoint that describes its model builds the model to match: a vitlab file applies its stored
+    constructor arguments and class count, an HF checkpoint its `config.json` (LayerNorm eps, sizes,
+    labels). `overrides` replace the variant's (and the
     file's) constructor arguments (`num_classes`, `img_size`, `in_chans`, `drop_path_rate`, ...);
     asking for another `num_classes` than the checkpoint's re-initialises the classifier (with a
     warning), as fine-tuning on a new label set needs, and a mismatch not asked for is an error.
@@ -143,14 +144,14 @@ def create_model(
     info = None
     file_args: dict[str, Any] = {}
     if pretrained and pretrained is not True:
-        from vitlab.checkpoint import inspect_checkpoint
+        from vitlab.checkpoint import CheckpointInfo, inspect_checkpoint
 
-        info = inspect_checkpoint(pretrained)
+        info = pretrained if isinstance(pretrained, CheckpointInfo) else inspect_checkpoint(pretrained)
         file_args = _file_arguments(entry, info)
     model = entry.builder(**{**entry.config, **file_args, **overrides})
     model.entry = entry
     if pretrained:
-        _load_pretrained(model, entry, pretrained, info, "num_classes" in overrides)
+        _load_pretrained(model, entry, info, "num_classes" in overrides)
     if features_only:
         from vitlab.features import FeatureExtractor
 
@@ -173,7 +174,7 @@ def load_model(path: str | Path, **overrides: Any) -> nn.Module:
             f"{info.path} does not say which model it holds (not a vitlab file): "
             f"use vitlab.create_model(NAME, pretrained={str(path)!r})"
         )
-    return create_model(info.model, pretrained=path, **overrides)
+    return create_model(info.model, pretrained=info, **overrides)
 
 
 def _file_arguments(entry: ModelEntry, info: Any) -> dict[str, Any]:
@@ -190,18 +191,17 @@ def _file_arguments(entry: ModelEntry, info: Any) -> dict[str, Any]:
     return args
 
 
-def _load_pretrained(model: nn.Module, entry: ModelEntry, pretrained: Any, info: Any, new_classes: bool) -> None:
+def _load_pretrained(model: nn.Module, entry: ModelEntry, info: Any, new_classes: bool) -> None:
+    """Load the published checkpoint (`info` None) or the one `info` describes into `model`."""
     from vitlab.checkpoint import CheckpointError, load_checkpoint
     from vitlab.hub import resolve_pretrained
 
-    path = resolve_pretrained(entry) if pretrained is True else Path(pretrained)
+    reset_head = "auto" if new_classes else False
     try:
-        load_checkpoint(
-            model,
-            path,
-            reset_head="auto" if new_classes else False,
-            use_ema=entry.pretrained_ema and pretrained is True,
-        )
+        if info is None:
+            load_checkpoint(model, resolve_pretrained(entry), reset_head=reset_head, use_ema=entry.pretrained_ema)
+        else:
+            load_checkpoint(model, info.path, reset_head=reset_head, contents=info.contents)
     except CheckpointError as err:
         if info is not None and info.model is not None and info.model != entry.name:
             raise CheckpointError(f"{info.describe()}; you asked for {entry.name}.\n{err}") from err

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import vitlab
+from tests.helpers import count_saved_tensors
 from vitlab.layers.attention import AttentionLayer
 from vitlab.registry import get_entry
 from vitlab.train.optim import param_groups
@@ -80,19 +81,6 @@ def test_features_only_gives_nchw_maps_at_the_stated_channels_and_strides(name):
                 assert side in (math.floor(size / stride), math.ceil(size / stride)), (fmap.shape, stride)
 
 
-def count_saved_tensors(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += 1
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
-    return out, saved
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_gradient_checkpointing_gives_the_same_gradients_and_buffers_and_stores_less(name):
     plain = tiny(name).train()
@@ -102,7 +90,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_buffers_and_stores_
     results = []
     for model in (plain, checkpointed):
         torch.manual_seed(3)  # the same dropout and drop-path draws in both runs
-        out, saved = count_saved_tensors(model, x)
+        out, saved = count_saved_tensors(lambda model=model: model(x))
         out = out[0] + out[1] if isinstance(out, tuple) else out
         out.square().sum().backward()
         results.append((out.detach(), saved))

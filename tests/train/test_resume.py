@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.train.tiny import train_args, write_mnist
 from vitlab.cli import main
 from vitlab.train import checkpoint as ckpt
+from vitlab.train.config import make_config
 from vitlab.train.rundir import RunDir
 
 # Every random part of the recipe is on: crops, flips, erasing, Mixup/CutMix, drop path, EMA,
@@ -148,3 +149,22 @@ def _save_load(obj):
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_a_resumed_run_takes_the_thread_count_it_started_with(tmp_path):
+    from vitlab.train.distributed import DistInfo
+    from vitlab.train.run import prepare
+    from vitlab.train.rundir import RunDir
+
+    data = write_mnist(tmp_path / "data", train=32)
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", *train_args(data, tmp_path / "run", epochs=1)]) == 0
+        config = make_config(RunDir(tmp_path / "run").read_config() | {"output": str(tmp_path / "run")})
+        torch.set_num_threads(2)
+        prepare(config, resume=True, info=DistInfo())  # float sums depend on the count: the run's own
+        assert torch.get_num_threads() == 1
+        prepare(config, resume=True, info=DistInfo(), threads=2)  # unless asked otherwise
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vitlab.data.augment import EvalPreprocess
+from vitlab.data.folders import load_fixed_size
+
 
 def eval_load_size(img_size: int, crop_pct: float) -> int:
     """The side images are decoded at before the centre crop of `img_size`: img_size / crop_pct, rounded up."""
@@ -29,9 +32,6 @@ def preprocess_files(
     centre-cropped (what the folder dataset stores); the batch is then centre-cropped to `img_size`
     and normalised (what evaluation does to every batch). Returns float (N, channels, img_size, img_size).
     """
-    from vitlab.data.augment import EvalPreprocess
-    from vitlab.data.datasets import load_fixed_size
-
     size = eval_load_size(img_size, crop_pct)
     batch = torch.stack([load_fixed_size(Path(p), size) for p in paths])
     return EvalPreprocess(img_size, mean, std, channels)(batch)

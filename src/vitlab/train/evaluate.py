@@ -63,7 +63,7 @@ def evaluate(
         dataset = getattr(build_datasets(data, data_dir, folder_size=load_size), split)
         img_size = img_size or dataset.size[0]
         overrides.setdefault("img_size", img_size)
-    model = create_model(model_name, pretrained=checkpoint, **overrides)
+    model = create_model(model_name, pretrained=described, **overrides)
     if model.num_classes != len(dataset.classes):
         raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(dataset.classes)}")
     model.to(info.device).eval()

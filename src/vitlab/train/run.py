@@ -28,26 +28,34 @@ from vitlab.train.state import TrainState
 from vitlab.train.tasks.classification import ClassificationTask
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or with `resume`, continue) the training run that `config` describes; returns its summary."""
+def train(config: TrainConfig, resume: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Run (or with `resume`, continue) the training run that `config` describes; returns its summary.
+
+    `threads`: CPU threads asked for; None keeps the current count, or on resume the run's own (float
+    sums depend on it, so a bit-identical continuation needs the count the run started with).
+    """
     if not config.output:
         raise ConfigError("pass --output DIR: the run directory")
     info = init_distributed(config.device)
     try:
-        run = prepare(config, resume, info)
+        run = prepare(config, resume, info, threads)
         fit(run)
         return finish(run)
     finally:
         shutdown(info)
 
 
-def prepare(config: TrainConfig, resume: bool, info: DistInfo) -> Run:
+def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | None = None) -> Run:
     def log(message: str) -> None:
         if info.main:
             print(message, flush=True)
 
     rundir = RunDir(config.output)
     saved = saved_checkpoint(rundir, config, resume, log)
+    if threads is None and saved is not None and saved.get("threads"):
+        threads = int(saved["threads"])
+    if threads is not None:
+        torch.set_num_threads(threads)
     amp = resolve_amp(config.amp, info.device)
     progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
     entry = get_entry(config.model)

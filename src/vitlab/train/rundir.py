@@ -52,6 +52,12 @@ class RunDir:
     def write_checkpoint(self, payload: dict[str, Any]) -> None:
         atomic_torch_save(payload, self.checkpoint)
 
+    def read_config(self) -> dict[str, Any]:
+        """The options the run was started with (config.yaml, written when it started)."""
+        from vitlab.train.config import load_yaml
+
+        return load_yaml(self.path / self.CONFIG)
+
     def write_config(self, config: Any) -> None:
         from vitlab.train.config import save_yaml
 

@@ -161,9 +161,8 @@ class ClassificationTask(Task):
                 loss = loss + config.patch_cosine * patch_cosine_loss(last)
             if config.patch_contrastive > 0:
                 loss = loss + config.patch_contrastive * patch_contrastive_loss(last, first)
-            if self.mixing is not None:
-                head = module.module.mixing if hasattr(module, "module") else module.mixing  # through DDP
-                loss = loss + config.patch_mixing * head(last, patch_targets)
+            if self.mixing is not None:  # the head inside `module` (DDP syncs its gradients with the rest)
+                loss = loss + config.patch_mixing * self.mixing(last, patch_targets)
         return loss
 
     def evaluate(self, model: nn.Module, dataset: Any, amp: AbstractContextManager, desc: str) -> dict[str, float]:
