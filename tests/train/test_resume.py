@@ -35,18 +35,21 @@ def _checkpoint_position(path) -> tuple[int, int] | None:
     return int(state["epoch"]), int(state["step"])
 
 
-def _start_then_kill(args, output, delay):
-    """Start the run (the same command every time, as a scheduler resubmits it), let it write a new
-    checkpoint, wait `delay` seconds more, then SIGKILL it; returns where its last checkpoint is."""
+def _start_then_kill(args, output, target, delay):
+    """Start the run (the same command every time, as a scheduler resubmits it), let it write its
+    checkpoint at (epoch, step) `target` or later, wait `delay` seconds more (somewhere inside the next
+    steps or a checkpoint write), then SIGKILL it; returns where its last checkpoint is.
+
+    Kills are placed by training position, not by wall time alone: on a fast machine a time-only kill
+    can land after the last step, while the run writes its final files."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    before = _checkpoint_position(output / "checkpoint-last.pt")
     proc = subprocess.Popen([sys.executable, "-m", "vitlab", *args], env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         position = _checkpoint_position(output / "checkpoint-last.pt")
-        if position is not None and position != before:
+        if position is not None and position >= target:
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     time.sleep(delay)
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
@@ -64,8 +67,9 @@ def test_killed_three_times_at_random_moments_then_resumed_gives_bit_identical_w
     killed = tmp_path / "killed"
     args = [*train_args(data, killed, *recipe, epochs=12), "--resume"]  # --resume starts a run that has no checkpoint
     args = ["--threads", "1", *args]  # the same settings as the reference: float sums depend on the thread count
-    delays = random.Random(0).sample([0.0, 0.05, 0.1, 0.2, 0.3, 0.4], 3)
-    positions = [_start_then_kill(args, killed, delay) for delay in delays]
+    rng = random.Random(0)
+    targets = [(1, 2), (4, 1), (8, 3)]  # (epoch, step) of 12 epochs x 4 steps; two are mid-epoch
+    positions = [_start_then_kill(args, killed, target, rng.uniform(0.0, 0.02)) for target in targets]
     assert any(step != 0 for _, step in positions), positions  # some kills came in the middle of an epoch
     assert positions == sorted(positions) and positions[-1][0] < 12
     assert main(args) == 0
