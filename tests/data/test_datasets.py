@@ -218,3 +218,17 @@ def test_holdout_validates_on_part_of_the_training_split_and_keeps_the_test_spli
         build_datasets("demo", None, folder_size=8, holdout=1.0)
     with pytest.raises(DatasetError, match="val folder or --val-fraction"):
         build_datasets(str(Path(__file__).parent), None, folder_size=8, holdout=0.1)
+
+
+def test_balanced_subset_takes_classes_in_turn_and_follows_the_seed():
+    from vitlab.data.folders import balanced_subset
+
+    labels = [0] * 50 + [1] * 30 + [2] * 3 + [3] * 17
+    chosen = balanced_subset(labels, 25, seed=0)
+    counts = [sum(labels[i] == c for i in chosen) for c in range(4)]
+    assert len(set(chosen)) == 25 and sorted(counts) == [3, 7, 7, 8]  # class 2 runs out at 3; the rest share 22
+    assert balanced_subset(labels, 25, seed=0) == chosen
+    assert balanced_subset(labels, 25, seed=1) != chosen
+    assert sorted(balanced_subset(labels, 100, seed=0)) == list(range(100))
+    with pytest.raises(DatasetError, match="cannot take 101 of 100"):
+        balanced_subset(labels, 101, seed=0)

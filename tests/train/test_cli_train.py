@@ -259,6 +259,35 @@ def test_holdout_validates_on_training_images_and_tests_once_at_the_end(tmp_path
     assert f"top-1 {summary['test_top1']:.2f}%" in capsys.readouterr().out
 
 
+def test_train_images_trains_on_a_balanced_subset_drawn_by_the_seed(tmp_path, monkeypatch, capsys):
+    from vitlab.train import build
+
+    data = write_mnist(tmp_path / "data", train=64, test=32)
+    seen = []
+    real = build.training_subset
+
+    def record(train, count, seed):
+        subset = real(train, count, seed)
+        seen.append((subset.labels.tolist(), subset.images.clone()))
+        return subset
+
+    monkeypatch.setattr(build, "training_subset", record)
+    args = ["--holdout", "0.25", "--train-images", "20"]
+    assert main(train_args(data, tmp_path / "a", *args, epochs=1, batch=10)) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["train_images"] == 20 and summary["val_images"] == 16  # the holdout comes out first
+    labels, images = seen[0]
+    train_labels = build.build_datasets("mnist", str(data), 1, holdout=0.25).train.labels.tolist()
+    counts = [labels.count(c) for c in sorted(set(train_labels))]
+    assert sum(counts) == 20 and max(counts) - min(counts) <= 1, counts  # every class, as equal as can be
+    assert main(train_args(data, tmp_path / "b", *args, "--seed", "1", epochs=1, batch=10)) == 0
+    assert not torch.equal(seen[1][1], images)  # another seed, other images
+    assert main(train_args(data, tmp_path / "c", *args, epochs=1, batch=10)) == 0
+    assert torch.equal(seen[2][1], images)
+    assert main(train_args(data, tmp_path / "d", "--train-images", "65", epochs=1, batch=10)) != 0
+    assert "--train-images 65 is more than the 64 training images" in capsys.readouterr().err
+
+
 def test_resume_on_a_directory_without_a_checkpoint_starts_the_run(tmp_path, capsys):
     data = write_mnist(tmp_path / "data", train=32)
     assert main([*train_args(data, tmp_path / "out", epochs=1), "--resume"]) == 0

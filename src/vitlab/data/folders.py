@@ -28,6 +28,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return load_fixed_size(self.files[index], self.size[0]), int(self.labels[index])
 
+    def subset(self, indices: Tensor, source: str) -> ImageFolderDataset:
+        chosen = indices.tolist()
+        return ImageFolderDataset(
+            [self.files[i] for i in chosen], self.labels[indices].tolist(), self.classes, self.size[0], source
+        )
+
 
 def load_fixed_size(path: Path, size: int) -> Tensor:
     """Decode an image as RGB, resize its short side to `size` and centre-crop a square: uint8 (3, size, size)."""
@@ -86,6 +92,34 @@ def split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[li
         val += [members[j] for j in order[:count]]
         train += [members[j] for j in order[count:]]
     return sorted(train), sorted(val)
+
+
+def balanced_subset(labels: Sequence[int], count: int, seed: int) -> list[int]:
+    """`count` indices drawn reproducibly with every class as equally represented as its images allow.
+
+    Classes take turns: each round gives one more image to every class that still has some, so the
+    per-class counts differ by at most one unless a class runs out. Within a class the images are
+    a random permutation drawn from `seed`. Returns sorted indices.
+    """
+    if not 0 < count <= len(labels):
+        raise DatasetError(f"cannot take {count} of {len(labels)} images")
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    queues = {
+        c: [by_class[c][j] for j in torch.randperm(len(by_class[c]), generator=generator)] for c in sorted(by_class)
+    }
+    order = torch.randperm(len(queues), generator=generator).tolist()  # which classes get the odd extra images
+    classes = [sorted(queues)[j] for j in order]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < count:
+        for c in classes:
+            if depth < len(queues[c]) and len(chosen) < count:
+                chosen.append(queues[c][depth])
+        depth += 1
+    return sorted(chosen)
 
 
 def _subfolder(root: Path, names: Sequence[str]) -> Path | None:

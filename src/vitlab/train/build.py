@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitlab.data.arrays import ArrayDataset
 from vitlab.data.datasets import KNOWN_DATASETS, DataSplits, ImageFolderDataset, build_datasets, materialize
+from vitlab.data.folders import balanced_subset
 from vitlab.data.transforms import eval_load_size
 from vitlab.registry import ModelEntry, create_model
 from vitlab.train.config import ConfigError, TrainConfig
@@ -30,6 +32,16 @@ def data_seed(seed: int, rank: int) -> int:
     return seed * 7919 + rank + 1
 
 
+def training_subset(
+    train: ArrayDataset | ImageFolderDataset, count: int, seed: int
+) -> ArrayDataset | ImageFolderDataset:
+    """`count` class-balanced images of the training split, the same for every model run with `seed`."""
+    if count > len(train):
+        raise ConfigError(f"--train-images {count} is more than the {len(train)} training images of {train.source}")
+    chosen = balanced_subset(train.labels.tolist(), count, seed)
+    return train.subset(torch.tensor(chosen), f"{train.source} ({count} images drawn with seed {seed})")
+
+
 def load_data(
     config: TrainConfig, entry: ModelEntry, info: DistInfo, progress: bool, log: Callable[[str], None]
 ) -> tuple[DataSplits, int, list[str]]:
@@ -40,6 +52,8 @@ def load_data(
         img_size = entry.preprocess.img_size
     load_size = eval_load_size(img_size, entry.preprocess.crop_pct) if img_size else 1  # arrays keep their size
     data = build_datasets(config.data, config.data_dir, load_size, config.val_fraction, config.holdout)
+    if config.train_images is not None:
+        data.train = training_subset(data.train, config.train_images, config.seed)
     img_size = img_size or data.train.size[0]
     skipped: list[str] = []
     if isinstance(data.train, ImageFolderDataset) and config.check_images:

@@ -32,6 +32,7 @@ class TrainConfig:
     img_size: int | None = None  # default: the dataset's own size for array datasets, else the model's
     val_fraction: float = 0.1  # held out of a single image folder (no train/val sub-folders) for validation
     holdout: float = 0.0  # mnist, cifar...: fraction of the training split that validates (0: the test split does)
+    train_images: int | None = None  # train on this many images only (class-balanced, drawn with --seed)
     skip_bad_images: bool = False
     check_images: bool = True  # decode every image of a folder dataset once before training starts
     # Schedule and optimiser. lr is for a batch of `lr_base_batch`, scaled to the batch by `lr_scaling`:
@@ -192,6 +193,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if not 0.0 <= config.holdout < 1.0:
         raise ConfigError(f"holdout must be in [0, 1), got {config.holdout}")
+    if config.train_images is not None and config.train_images < 1:
+        raise ConfigError(f"option train_images must be at least 1, got {config.train_images}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
