@@ -1,6 +1,7 @@
 """`vitlab train` and `vitlab eval` end to end on a tiny dataset: outputs, rerunning from config.yaml,
 mixed precision, NaN handling, and every bad input named in a clear error before work is lost."""
 
+import csv
 import json
 
 import numpy as np
@@ -286,6 +287,27 @@ def test_train_images_trains_on_a_balanced_subset_drawn_by_the_seed(tmp_path, mo
     assert torch.equal(seen[2][1], images)
     assert main(train_args(data, tmp_path / "d", "--train-images", "65", epochs=1, batch=10)) != 0
     assert "--train-images 65 is more than the 64 training images" in capsys.readouterr().err
+
+
+def test_val_every_validates_on_schedule_and_leaves_the_weights_alone(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", train=32, test=16)
+    assert main(train_args(data, tmp_path / "every", epochs=4)) == 0
+    assert main(train_args(data, tmp_path / "third", "--val-every", "3", epochs=4)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/4: train loss" in out and "epoch 2/4: train loss" in out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")][4:]  # the second run's
+    assert ["val loss" in line for line in lines] == [False, False, True, True]  # epoch 3, and the last
+    with open(tmp_path / "third" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [bool(row["val_top1"]) for row in rows] == [False, False, True, True]
+    with open(tmp_path / "every" / "metrics.csv") as f:
+        assert [row["val_top1"] for row in csv.DictReader(f)][2:] == [row["val_top1"] for row in rows][2:]
+    expected, actual = (
+        load_file(tmp_path / "every" / "model.safetensors"),
+        load_file(tmp_path / "third" / "model.safetensors"),
+    )
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)  # validating draws no random numbers
+    assert (tmp_path / "third" / "curves.png").stat().st_size > 0
 
 
 def test_resume_on_a_directory_without_a_checkpoint_starts_the_run(tmp_path, capsys):

@@ -80,3 +80,13 @@ for _name, _widths in (("convnet_tiny", (16, 32, 64)), ("convnet_small", (32, 64
         tiny=dict(widths=(8, 16)),
         preprocess=Preprocess((3, 32, 32), crop_pct=1.0),
     )
+# The CNN of the data-efficiency study (benchmarks/data_efficiency.py): 0.45M parameters with one input
+# channel and 10 classes, the size of the `*_mini_28` transformers; also the DeiT student's teacher there.
+register_model(
+    "convnet_mini_28",
+    ConvNet,
+    dict(widths=(40, 80, 160), in_chans=1, num_classes=10),
+    _REFERENCE,
+    tiny=dict(widths=(8, 16)),
+    preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
+)

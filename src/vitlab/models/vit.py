@@ -302,3 +302,24 @@ register_model(
     tiny=dict(stem_channels=(8, 16), embed_dim=32, depth=2),
     preprocess=Preprocess((3, 32, 32), INCEPTION.mean, INCEPTION.std, crop_pct=1.0),
 )
+
+# vitlab's own 28x28 configurations for the data-efficiency study (benchmarks/data_efficiency.py): about
+# 0.45M parameters with one input channel and 10 classes, like the other families' `*_mini_28`.
+for _name, _distilled in [("vit_mini_28", False), ("deit_mini_28", True)]:
+    register_model(
+        _name,
+        VisionTransformer,
+        dict(
+            img_size=28,
+            in_chans=1,
+            num_classes=10,
+            patch_size=4,
+            embed_dim=96,
+            depth=4,
+            num_heads=4,
+            distilled=_distilled,
+        ),
+        f"{_DEIT if _distilled else _VIT}; 28x28 configuration of vitlab (patch 4, 49 tokens)",
+        tiny=dict(embed_dim=16, depth=2, num_heads=2),
+        preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
+    )

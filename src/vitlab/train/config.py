@@ -88,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     eval_batch_size: int | None = None
+    val_every: int = 1  # validate every N epochs (and after the last): many short epochs of a small subset
     checkpoint_every: int = 0  # also write checkpoint-last.pt every N optimiser steps inside an epoch
     progress: str = "auto"  # auto (bars on a terminal), on, off
 
@@ -175,9 +176,9 @@ def validate(config: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ConfigError(f"option {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    positive = ["epochs", "batch_size", "accum_steps", "repeated_aug"]
+    positive = ["epochs", "batch_size", "accum_steps", "repeated_aug", "val_every", "train_images"]
     for name in positive:
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"option {name} must be at least 1, got {getattr(config, name)}")
     for name in ("lr", "lr_base_batch"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
@@ -193,8 +194,6 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if not 0.0 <= config.holdout < 1.0:
         raise ConfigError(f"holdout must be in [0, 1), got {config.holdout}")
-    if config.train_images is not None and config.train_images < 1:
-        raise ConfigError(f"option train_images must be at least 1, got {config.train_images}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -65,14 +65,16 @@ class Run:
 
 
 def fit(run: Run) -> None:
-    """Train from the state's epoch and step to the last epoch, validating and checkpointing each epoch."""
+    """Train from the state's epoch and step to the last epoch, checkpointing each epoch and validating
+    every `val_every` epochs and after the last."""
     state = run.state
     run.mark = time.perf_counter()
     while state.epoch < run.config.epochs:
         began = time.perf_counter()
         lr = train_epoch(run)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": state.loss_sum / max(state.loss_steps, 1)}
-        row.update(validate(run))
+        if (state.epoch + 1) % run.config.val_every == 0 or state.epoch + 1 == run.config.epochs:
+            row.update(validate(run))
         run.charge_time()
         row["seconds"] = round(time.perf_counter() - began, 2)
         state.history.append(row)
@@ -187,11 +189,11 @@ def diverged_message(run: Run, value: float) -> str:
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    ema = f", EMA top-1 {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
-    return (
-        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-        f"top-1 {row['val_top1']:.2f}, top-5 {row['val_top5']:.2f}{ema} ({row['seconds']:.0f}s)"
-    )
+    line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
+    if "val_loss" in row:
+        ema = f", EMA top-1 {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
+        line += f", val loss {row['val_loss']:.4f}, top-1 {row['val_top1']:.2f}, top-5 {row['val_top5']:.2f}{ema}"
+    return f"{line} ({row['seconds']:.0f}s)"
 
 
 def progress_bar(run: Run):

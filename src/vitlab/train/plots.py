@@ -27,13 +27,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [row["train_loss"] for row in history], "o-", label="train (with augmentation)")
-    left.plot(epochs, [row["val_loss"] for row in history], "o-", label="validation")
+    validated = [row for row in history if "val_loss" in row]  # every epoch unless --val-every N
+    val_epochs = [row["epoch"] for row in validated]
+    left.plot(val_epochs, [row["val_loss"] for row in validated], "o-", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    right.plot(epochs, [row["val_top1"] for row in history], "o-", label="top-1")
-    right.plot(epochs, [row["val_top5"] for row in history], "o-", label="top-5")
-    if "ema_val_top1" in history[0]:
-        right.plot(epochs, [row["ema_val_top1"] for row in history], "o--", label="EMA top-1")
+    right.plot(val_epochs, [row["val_top1"] for row in validated], "o-", label="top-1")
+    right.plot(val_epochs, [row["val_top5"] for row in validated], "o-", label="top-5")
+    if "ema_val_top1" in validated[0]:
+        right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
     right.legend()
     for ax in (left, right):
