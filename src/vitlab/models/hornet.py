@@ -295,7 +295,8 @@ class HorNet(Pyramid):
         own = self.state_dict()
         adapted = dict(state_dict)
         for key, value in state_dict.items():
-            if key.endswith("complex_weight") and key in own and value.ndim == 4 and value.shape != own[key].shape:
+            same_channels = key in own and value.ndim == 4 and value.shape[::3] == own[key].shape[::3]
+            if key.endswith("complex_weight") and same_channels and value.shape != own[key].shape:
                 adapted[key] = resize_complex_weight(value, tuple(own[key].shape[1:3]))
         return adapted
 
