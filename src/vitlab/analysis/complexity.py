@@ -19,7 +19,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def _fft_flops(real_shape: tuple[int, ...], dim: list[int]) -> int:
-    """An FFT of N points: N * ceil(log2 N) MACs per signal (twice that in FLOPs), as HorNet's calc_flops.py counts."""
+    """An FFT of N points: N * ceil(log2 N) MACs per signal (twice in FLOPs), the rule of HorNet's calc_flops.py.
+
+    N is the number of real points transformed (H * W for a 2-d transform of a map), per channel.
+    """
     points = math.prod(real_shape[d] for d in dim)
     return 2 * math.prod(real_shape) * math.ceil(math.log2(points))
 
