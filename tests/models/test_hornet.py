@@ -46,9 +46,11 @@ def test_state_dict_has_the_official_layout():
     assert seven["stages.3.0.gnconv.dwconv.weight"].shape == (992, 1, 7, 7)  # order 5: 32 + 64 + ... + 512
     assert gf["stages.2.0.gnconv.dwconv.complex_weight"].shape == (240, 14, 8, 2)
     assert gf["stages.3.0.gnconv.dwconv.complex_weight"].shape == (496, 7, 4, 2)
-    for key in ["downsample_layers.0.0.weight", "downsample_layers.0.1.weight", "downsample_layers.3.1.weight",
-                "stages.0.1.gamma1", "stages.0.1.gnconv.proj_in.weight", "stages.3.1.gnconv.pws.3.bias",
-                "stages.1.2.pwconv2.weight", "stages.2.17.gnconv.dwconv.weight", "norm.bias", "head.weight"]:  # fmt: skip
+    for key in [
+        "downsample_layers.0.0.weight", "downsample_layers.0.1.weight", "downsample_layers.3.1.weight",
+        "stages.0.1.gamma1", "stages.0.1.gnconv.proj_in.weight", "stages.3.1.gnconv.pws.3.bias",
+        "stages.1.2.pwconv2.weight", "stages.2.17.gnconv.dwconv.weight", "norm.bias", "head.weight",
+    ]:  # fmt: skip
         assert key in seven
     assert "stages.1.0.gnconv.dwconv.weight" in gf and "stages.2.0.gnconv.dwconv.dw.weight" in gf
     with torch.device("meta"):
