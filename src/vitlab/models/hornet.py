@@ -219,7 +219,7 @@ class HorNet(Pyramid):
                 f"depths, orders and global_filter need one entry per stage (4), depths at least 1; got {depths}, "
                 f"{orders}, {global_filter}"
             )
-        self.min_input_size = stem_stride * 8
+        self.min_input_size = stem_stride * 8  # per model, not per class: the stem's stride is an argument
         dims = [base_dim * 2**i for i in range(4)]
         self.depths = tuple(depths)
         self.downsample_layers = nn.ModuleList([Stem(in_chans, dims[0], stem_stride, norm_eps)])
