@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,18 +18,35 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _fft_flops(real_shape: tuple[int, ...], dim: list[int]) -> int:
+    """An FFT of N points: N * ceil(log2 N) MACs per signal (twice in FLOPs), the rule of HorNet's calc_flops.py.
+
+    N is the number of real points transformed (H * W for a 2-d transform of a map), per channel.
+    """
+    points = math.prod(real_shape[d] for d in dim)
+    return 2 * math.prod(real_shape) * math.ceil(math.log2(points))
+
+
+# FlopCounterMode counts no FFT; the real-to-complex transform and its inverse (global filters, HorNet).
+_FFT_FORMULAS = {
+    torch.ops.aten._fft_r2c: lambda x, dim, *_, out_shape: _fft_flops(x, dim),
+    torch.ops.aten._fft_c2r: lambda x, dim, *_, out_shape: _fft_flops(out_shape, dim),
+}
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
     """Multiply-accumulates of one forward pass on a single image of `input_size`.
 
     Papers call these "FLOPs". Attention runs through explicit matmuls while counting, so the
     q k^T and attention x v products are included (FLOP counters cannot see inside the fused
-    kernel). Matmuls and convolutions are counted; norms, softmax and activations are not.
+    kernel). Matmuls, convolutions and FFTs are counted; norms, softmax, activations and elementwise
+    products are not.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=_FFT_FORMULAS)
         with torch.no_grad(), explicit_attention(), counter:
             model(torch.zeros(1, *input_size, device=device))
     finally:
