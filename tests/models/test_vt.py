@@ -178,13 +178,16 @@ def vt_params(depth: int, c: int, ct: int = 1024, L: int = 16) -> int:
     return first + (depth - 1) * recurrent + ct * 1000 + 1000
 
 
-# torchvision's ResNets without stage 5 and fc (their published counts, 11.69M / 21.80M / 25.56M /
-# 44.55M, less layer4 and fc): the trunk VT keeps.
+# The ResNet trunk VT keeps: torchvision's ResNet-18/34/50/101 (11,689,512 / 21,797,672 / 25,557,032 /
+# 44,549,160 parameters, torchvision 0.29.1) less layer4 and fc.
 TRUNK = {"vt_resnet18": 2_782_784, "vt_resnet34": 8_170_304, "vt_resnet50": 8_543_296, "vt_resnet101": 27_535_424}
 CONFIG = {"vt_resnet18": (2, 256), "vt_resnet34": (3, 256), "vt_resnet50": (3, 1024), "vt_resnet101": (3, 1024)}
-# Millions, to 2 decimals, as registered (C_T = 1024, L = 16). The paper's tables: VT-R18 11.6M
-# (Table 2), 11.7M (Table 8); VT-R34 21.8M (Table 2), 19.2M (Table 8); VT-R50 21.4M; VT-R101 41.5M.
+# Millions, to 2 decimals, as registered (C_T = 1024, L = 16). The paper: VT-R18 11.6M (Table 2) and
+# 11.7M (Table 8, which ours matches); VT-R34 21.8M (Table 2: exactly plain ResNet-34's count) and
+# 19.2M (Table 8); VT-R50 21.4M; VT-R101 41.5M (Table 8). docs/vt.md discusses the differences.
 PARAMS = {"vt_resnet18": 11.74, "vt_resnet34": 21.23, "vt_resnet50": 24.26, "vt_resnet101": 43.26}
+# GMACs at 224 x 224 (the paper's "FLOPs" are multiply-accumulates: its ResNet-18, 1814M, is
+# torchvision's 1.814 GMACs). Paper, Table 8: VT-R18 1.569, VT-R34 3.236, VT-R50 3.412, VT-R101 7.129.
 GMACS = {"vt_resnet18": 1.55, "vt_resnet34": 3.24, "vt_resnet50": 3.83, "vt_resnet101": 7.54}
 
 
@@ -205,3 +208,13 @@ def test_vt_resnet18_matches_table_8():
 @pytest.mark.parametrize("name", GMACS)
 def test_macs(name):
     assert round(vitlab.model_info(name)["gmacs"], 2) == GMACS[name]
+
+
+def test_a_checkpoint_of_another_variant_is_refused_with_the_keys_named():
+    tiny = vitlab.registry.get_entry("vt_resnet18").tiny
+    basic = vitlab.create_model("vt_resnet18", **tiny).state_dict()
+    with pytest.raises(vitlab.checkpoint.CheckpointError, match=r"missing keys.*layer1\.0\.conv3\.weight"):
+        vitlab.checkpoint.load_state_dict(vitlab.create_model("vt_resnet50", **tiny), basic)
+    wider = vitlab.create_model("vt_resnet18", **{**tiny, "token_dim": 32})
+    with pytest.raises(vitlab.checkpoint.CheckpointError, match=r"layer4\.0\.transformer\.f1\.weight \(checkpoint"):
+        vitlab.checkpoint.load_state_dict(wider, basic)
