@@ -34,7 +34,7 @@ def softmax(scores: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def naive_tokenizer(layer: Tokenizer, x: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-    """Eq. 1 / eq. 2 for one image: x (HW, C), tokens (L, C_T) -> (L, C_T).
+    """The filter-based / recurrent tokenizer for one image: x (HW, C), tokens (L, C_T) -> (L, C_T).
 
     Token l's filter is column l of W_A, or of W_R = T_in W_{T->R}; its weights over the pixels are
     softmax_HW of the filter's responses; the token is the weighted sum of the pixels (then W_V).
@@ -53,7 +53,7 @@ def naive_tokenizer(layer: Tokenizer, x: torch.Tensor, tokens: torch.Tensor | No
 
 
 def naive_transformer(layer: TokenTransformer, t: torch.Tensor) -> torch.Tensor:
-    """Eq. 4-5 for one image: t (L, C_T); token i mixes every token j by softmax_j((t_i K) . (t_j Q))."""
+    """The transformer for one image: t (L, C_T); token i mixes every token j by softmax_j((t_i K) . (t_j Q))."""
     K, Q, F1, F2 = (m.weight.T for m in (layer.key, layer.query, layer.f1, layer.f2))
     out = []
     for i in range(t.shape[0]):
@@ -64,7 +64,7 @@ def naive_transformer(layer: TokenTransformer, t: torch.Tensor) -> torch.Tensor:
 
 
 def naive_projector(layer: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 for one image: pixel p adds the tokens weighted by softmax_l((x_p W_Q) . (t_l W_K))."""
+    """The projector for one image: pixel p adds the tokens weighted by softmax_l((x_p W_Q) . (t_l W_K))."""
     WQ, WK = layer.query.weight.T, layer.key.weight.T
     values = t if layer.value is None else t @ layer.value.weight.T
     out = []
@@ -81,7 +81,7 @@ def pixels(fmap: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("recurrent", [False, True])
 @pytest.mark.parametrize("dim, token_dim", [(6, 6), (6, 10)])  # C_T = C (the paper's equation) and C_T != C
-def test_tokenizer_is_equation_1_or_2(recurrent, dim, token_dim):
+def test_tokenizer_is_the_papers_equation(recurrent, dim, token_dim):
     torch.manual_seed(0)
     layer = Tokenizer(dim, token_dim, num_tokens=4, recurrent=recurrent)
     x, tokens = torch.randn(2, 15, dim), torch.randn(2, 4, token_dim)
@@ -91,7 +91,7 @@ def test_tokenizer_is_equation_1_or_2(recurrent, dim, token_dim):
             assert max_rel_error(out[b], naive_tokenizer(layer, x[b], tokens[b])) < TOLERANCE
 
 
-def test_transformer_is_equations_4_and_5():
+def test_transformer_is_the_papers_equations():
     torch.manual_seed(1)
     layer = TokenTransformer(token_dim=8, qk_dim=4)
     t = torch.randn(3, 5, 8)
@@ -102,7 +102,7 @@ def test_transformer_is_equations_4_and_5():
 
 
 @pytest.mark.parametrize("dim, token_dim", [(6, 6), (6, 10)])
-def test_projector_is_equation_6(dim, token_dim):
+def test_projector_is_the_papers_equation(dim, token_dim):
     torch.manual_seed(2)
     layer = Projector(dim, token_dim, qk_dim=3)
     x, t = torch.randn(2, 12, dim), torch.randn(2, 4, token_dim)

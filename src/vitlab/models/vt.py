@@ -4,18 +4,18 @@ Processing for Computer Vision"): a ResNet whose stage 5 works on a few visual t
 A VT module reads a feature map X (HW x C pixels) and, except for the first, the tokens T_in of the
 module before it (L x C_T), and computes, as the paper's equations write them:
 
-    tokenizer, filter-based (first module)   T = softmax_HW(X W_A)^T X                     (eq. 1)
-    tokenizer, recurrent (the others)        W_R = T_in W_{T->R};  T = softmax_HW(X W_R)^T X (eq. 2)
-    transformer                              T' = T + softmax_L((T K)(T Q)^T) T            (eq. 4)
-                                             T_out = T' + ReLU(T' F1) F2                    (eq. 5)
-    projector                                X_out = X + softmax_L((X W_Q)(T_out W_K)^T) T_out (eq. 6)
+    tokenizer, filter-based (first module)   T = softmax_HW(X W_A)^T X
+    tokenizer, recurrent (the others)        W_R = T_in W_{T->R};  T = softmax_HW(X W_R)^T X
+    transformer                              T' = T + softmax_L((T K)(T Q)^T) T
+                                             T_out = T' + ReLU(T' F1) F2
+    projector                                X_out = X + softmax_L((X W_Q)(T_out W_K)^T) T_out
 
 Softmax_HW normalises over the pixels for each token (what each visual token looks at); softmax_L
 over the tokens. There is no value projection in the transformer, no 1/sqrt(d) scaling, no norm
 and no bias anywhere, because the equations have none. VT-ResNet-{18,34,50,101} keep the ResNet's
 stem and stages 2-4 (a 14 x 14 map at 224 x 224, C = 256 or 1024) and replace stage 5 by {2,3,3,3}
 VT modules on L = 16 tokens; the classifier averages the last module's tokens and applies a linear
-layer (paper section 4.1).
+layer (the paper's classification set-up).
 
 The paper leaves open, and we chose:
 - the tokens' channel size C_T = 1024 for every variant (`token_dim`). Where C_T != C (VT-R18/34),
@@ -30,9 +30,13 @@ The paper leaves open, and we chose:
   (and its attention is recorded like the others');
 - initialisation (PyTorch's defaults for the VT matrices, torchvision's for the ResNet).
 
+With these, VT-R18 has 11.74M parameters (the paper: 11.7M in Table 8, 11.6M in Table 2) and VT-R34
+21.23M: the paper's 21.8M (Table 2) is plain ResNet-34's own count and its 19.2M (Table 8) is not
+reached by this configuration, nor are VT-R50's 21.4M and VT-R101's 41.5M (docs/vt.md).
+
 There is no official code and no published checkpoint: parameter names are vitlab's own (the ResNet
 trunk keeps torchvision's). Parity is tested against per-token, per-pixel transcriptions of the
-equations in tests/models/test_vt.py.
+equations (tests/models/test_vt.py, and the fixtures of tools/fixtures/vt.py).
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ from vitlab.registry import Preprocess, register_model
 class Tokenizer(AttentionLayer):
     """Visual tokens from a map: T = softmax_HW(X W)^T X (W_V), W = W_A or W_R = (T_in W_{T->R})^T.
 
-    Filter-based (eq. 1) when `recurrent` is False: `filters` is W_A, one C-dim filter per token.
-    Recurrent (eq. 2): `token_to_filters` is W_{T->R} (C_T x C), turning the previous module's
+    Filter-based when `recurrent` is False: `filters` is W_A, one C-dim filter per token.
+    Recurrent: `token_to_filters` is W_{T->R} (C_T x C), turning the previous module's
     tokens into this module's filters. The spatial attention (batch, 1, L tokens, HW pixels), rows
     summing to 1 over the pixels, is what `capture_attention` records.
     """
@@ -80,7 +84,7 @@ class Tokenizer(AttentionLayer):
 
 
 class TokenTransformer(AttentionLayer):
-    """Eq. 4-5: T' = T + softmax_L((T K)(T Q)^T) T, T_out = T' + ReLU(T' F1) F2 (one head, no scaling).
+    """The transformer: T' = T + softmax_L((T K)(T Q)^T) T, T_out = T' + ReLU(T' F1) F2 (one head, no scaling).
 
     Row i of (T K)(T Q)^T holds token i's scores against every token j; the softmax normalises
     each row over j, so token i receives a convex combination of the tokens. `key` is K and
@@ -102,7 +106,7 @@ class TokenTransformer(AttentionLayer):
 
 
 class Projector(AttentionLayer):
-    """Eq. 6: X_out = X + softmax_L((X W_Q)(T W_K)^T) T (W_V'): each pixel reads the tokens.
+    """The projector: X_out = X + softmax_L((X W_Q)(T W_K)^T) T (W_V'): each pixel reads the tokens.
 
     `value` (W_V', C_T x C) exists only where the tokens are wider than the map (our choice).
     """
