@@ -204,7 +204,8 @@ class PyramidVisionTransformer(Backbone):
                 pos = pos.view(1, h, w, C)
             x = self.run_blocks(getattr(self, f"block{i + 1}"), self.pos_drop(x + pos))
             yield x, (h, w)
-            x = x.permute(0, 3, 1, 2)
+            if x.ndim == 4:
+                x = x.permute(0, 3, 1, 2)
 
     def iter_features(self, x: Tensor) -> Iterator[Tensor]:
         for out, (h, w) in self.iter_stage_outputs(x):
