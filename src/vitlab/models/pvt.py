@@ -22,10 +22,11 @@ HF uses its one `layer_norm_eps` everywhere, which its config reader sets).
 
 Input sizes, as the references: v1's convolutions floor (a 230-pixel side gives 57, 28, 14, 7
 tokens) and its positional tables, made for `img_size`, are resized bilinearly (no antialiasing,
-align_corners=False, in the table's dtype) to every other grid, exactly as the official
-`_get_pos_embed` does (HF's v1 cannot run other sizes). v2's padded convolutions give ceil(side / 4),
-then halve with ceil. The strided reductions floor too, so a stage map needs at least R tokens a
-side: `min_input_size` says how many pixels that takes (32 for v1, 29 for v2, 1 with linear SRA).
+align_corners=False, in the table's dtype) to every other grid, as the official `_get_pos_embed`
+does (docs/pvt.md notes the one kind of size where the two differ; HF's v1 runs only at its size).
+v2's padded convolutions give ceil(side / 4), then halve with ceil. The strided reductions floor
+too, so a stage map needs at least R tokens a side: `min_input_size` says how many pixels that
+takes (32 for v1, 29 for v2, 1 with linear SRA).
 """
 
 from __future__ import annotations
