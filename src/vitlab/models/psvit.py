@@ -120,7 +120,7 @@ def sampling_weights(points: Tensor, height: int, width: int) -> Tensor:
     column, the weight of the neighbours that fall outside the map (they contribute zeros), so rows
     sum to 1 and `weights[..., :-1] @ fmap.flatten(2).mT` is the sampled tokens.
     """
-    y, x = points.unbind(-1)
+    y, x = points.unsqueeze(-1).unbind(-2)  # (B, N, 1) each
     y0, x0 = y.floor(), x.floor()
     weights = points.new_zeros(*points.shape[:2], height * width)
     for dy in (0, 1):
