@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from vitlab.layers import Mlp, MultiHeadAttention, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, attend, record_attention
 from vitlab.layers.blocks import PreNormBlock
-from vitlab.layers.embed import to_2tuple
 from vitlab.models.base import Backbone
 from vitlab.registry import Preprocess, register_model
 
@@ -194,7 +193,9 @@ class ProgressiveSamplingLayer(nn.Module):
         self.position_layer = position_layer  # shared by every iteration (and listed under each)
         self.offset_layer = nn.Linear(block.norm1.normalized_shape[0], 2, bias=bias) if offset else None
 
-    def tokens(self, fmap: Tensor, point: Tensor, offset: Tensor, scale: Tensor, previous: Tensor | None):
+    def tokens(
+        self, fmap: Tensor, point: Tensor, offset: Tensor, scale: Tensor, previous: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """T'_t = sample(F, p + gamma o) + W (p + o) / size (+ T_{t-1}); returns (T'_t, p + o)."""
         tokens = self.sampler(fmap, point, offset)
         point = point + offset.detach()
@@ -253,18 +254,20 @@ class PSViT(Backbone):
         self.stem = psvit_stem(in_chans, stem_width, stem_channels, embed_dim)
         rates = drop_path_rates(drop_path_rate, depth)
         args = (embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate)
-        self.ps_layers = nn.ModuleList(
-            ProgressiveSamplingLayer(
-                transformer_layer(*args, rates[i], norm_eps), self.pos_layer, offset_gamma, i < num_iters - 1, offset_bias
+        self.ps_layers = nn.ModuleList()
+        for i in range(num_iters):
+            block = transformer_layer(*args, rates[i], norm_eps)
+            predicts_offsets = i < num_iters - 1  # the last iteration's offsets would never be used
+            self.ps_layers.append(
+                ProgressiveSamplingLayer(block, self.pos_layer, offset_gamma, predicts_offsets, offset_bias)
             )
-            for i in range(num_iters)
-        )  # fmt: skip
         self.trans_layers = nn.ModuleList(transformer_layer(*args, rates[i], norm_eps) for i in range(num_iters, depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Identity()
         self.add_classifier("head", embed_dim)
 
-        self.feature_info = [dict(num_chs=embed_dim, reduction=self.img_size[0] / num_point_h, module=n) for n in self._block_names()]
+        stride = self.img_size[0] / num_point_h  # pixels between points, at every input size
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=n) for n in self._block_names()]
         self.default_out_indices = tuple(depth * q // 4 - 1 for q in (1, 2, 3, 4))
         self._init_weights()
 
@@ -288,7 +291,9 @@ class PSViT(Backbone):
 
     def points_for(self, image_size: Sequence[int]) -> tuple[int, int]:
         """Points per side for an input of `image_size`: the number at img_size, scaled (at least 1)."""
-        return tuple(max(1, round(n * s / s0)) for n, s, s0 in zip(self.num_points, image_size, self.img_size))
+        return tuple(
+            max(1, round(n * s / s0)) for n, s, s0 in zip(self.num_points, image_size, self.img_size, strict=True)
+        )
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint made at another img_size carries that size's grid: use this model's (same shape)."""
