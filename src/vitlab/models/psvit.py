@@ -86,17 +86,25 @@ def psvit_stem(in_chans: int, width: int, channels: int, embed_dim: int) -> nn.S
 
 
 @lru_cache(maxsize=64)
-def initial_points(num_h: int, num_w: int, height: int, width: int) -> Tensor:
+def initial_points(
+    num_h: int,
+    num_w: int,
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """The regular grid p_1: centres of num_h x num_w equal cells of a height x width map, (1, N, 2).
 
     Points are (y, x) in the map's pixel-index coordinates, enumerated x-major (y varies fastest),
-    in float32, computed as the official `point_coord` buffer is (so a checkpoint's buffer equals it).
+    computed in float32 as the official `point_coord` buffer is (so a checkpoint's buffer equals it),
+    then moved to `device` and `dtype`. Cached per size, device and dtype; never modify the result.
     """
     cell_h, cell_w = height / num_h, width / num_w
     ys = torch.tensor([i * cell_h for i in range(num_h)], dtype=torch.float32, device="cpu") + cell_h / 2
     xs = torch.tensor([i * cell_w for i in range(num_w)], dtype=torch.float32, device="cpu") + cell_w / 2
     grid_x, grid_y = torch.meshgrid(xs, ys, indexing="ij")
-    return torch.stack([grid_y, grid_x], dim=-1).reshape(1, -1, 2)
+    return torch.stack([grid_y, grid_x], dim=-1).reshape(1, -1, 2).to(device=device, dtype=dtype)
 
 
 def bilinear_sample(fmap: Tensor, points: Tensor) -> Tensor:
@@ -309,7 +317,7 @@ class PSViT(Backbone):
         fmap = self.stem(x)
         size = fmap.shape[-2:]
         grid = self.points_for(x.shape[-2:])
-        point = initial_points(*grid, *size).to(device=fmap.device, dtype=fmap.dtype).expand(x.shape[0], -1, -1)
+        point = initial_points(*grid, *size, fmap.device, fmap.dtype).expand(x.shape[0], -1, -1)
         scale = torch.tensor(size, dtype=fmap.dtype, device=fmap.device)
         offset, tokens = torch.zeros_like(point), None
         for layer in self.ps_layers:
