@@ -194,12 +194,14 @@ def transformer_layer(dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, qk
 class ProgressiveSamplingLayer(nn.Module):
     """One sampling iteration: tokens from the map at the points, the transformer, the next offsets."""
 
-    def __init__(self, block: PreNormBlock, position_layer: nn.Linear, gamma: float, offset: bool, bias: bool):
+    def __init__(
+        self, dim: int, block: PreNormBlock, position_layer: nn.Linear, gamma: float, offset: bool, bias: bool
+    ):
         super().__init__()
         self.transformer_layer = block
         self.sampler = ProgressiveSampler(gamma)
         self.position_layer = position_layer  # shared by every iteration (and listed under each)
-        self.offset_layer = nn.Linear(block.norm1.normalized_shape[0], 2, bias=bias) if offset else None
+        self.offset_layer = nn.Linear(dim, 2, bias=bias) if offset else None
 
     def tokens(
         self, fmap: Tensor, point: Tensor, offset: Tensor, scale: Tensor, previous: Tensor | None
@@ -217,7 +219,9 @@ class PSViT(Backbone):
     `num_point_h` x `num_point_w` points at `img_size`; `with_cls_token` classifies a class token
     (every released variant), else the mean token. `stem_width` (64) and `stem_channels` (the first
     bottleneck's output) size the stem. `qk_scale` defaults to head_dim^-1/2; the official builders
-    set embed_dim^-1/2 only on their `pretrained=True` path.
+    set embed_dim^-1/2 only on their `pretrained=True` path. The defaults are PS-ViT-B/14's (the
+    official class's own defaults differ and no released variant uses them). The feature stride is
+    img_size / num_point_h pixels (the rows'; a non-square point grid has another along the columns).
     """
 
     feature_format = "NLC"
@@ -267,7 +271,7 @@ class PSViT(Backbone):
             block = transformer_layer(*args, rates[i], norm_eps)
             predicts_offsets = i < num_iters - 1  # the last iteration's offsets would never be used
             self.ps_layers.append(
-                ProgressiveSamplingLayer(block, self.pos_layer, offset_gamma, predicts_offsets, offset_bias)
+                ProgressiveSamplingLayer(embed_dim, block, self.pos_layer, offset_gamma, predicts_offsets, offset_bias)
             )
         self.trans_layers = nn.ModuleList(transformer_layer(*args, rates[i], norm_eps) for i in range(num_iters, depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
