@@ -1,21 +1,21 @@
 """PS-ViT: Vision Transformer with Progressive Sampling (Yue et al., ICCV 2021).
 
 Instead of cutting the image into a fixed grid of patches, PS-ViT samples its tokens from a
-convolutional feature map at points that move (section 3.2). A ResNet-like stem makes a stride-4
-map F; n_h x n_w points start on a regular grid p_1 (the centres of equal cells of F); then, for
-t = 1..N (eq. 2-5):
+convolutional feature map at points that move (the paper's progressive sampling module). A
+ResNet-like stem makes a stride-4 map F; n_h x n_w points p_0 start on a regular grid (the centres of
+equal cells of F); then, for iterations t = 1..N, with o_0 = 0 and T_0 = 0:
 
-    T'_t = sample(F, p_t) + W_t p_t + T_{t-1}       (sampled features, point positions, previous tokens)
-    T_t  = Transformer_t(T'_t)
-    p_{t+1} = p_t + o_t,   o_t = M_t T_t            (offsets predicted from the tokens)
+    p_t  = p_{t-1} + o_{t-1}                                   (the offset detached)
+    T'_t = sample(F, p_{t-1} + gamma o_{t-1}) + W (p_t / size) + T_{t-1}
+    T_t  = Transformer_t(T'_t),   o_t = M_t T_t                (offsets predicted from the tokens)
 
 `sample` is bilinear interpolation at pixel-index coordinates with zeros outside the map. The
 official code computes it with a CUDA kernel; here it is `F.grid_sample(align_corners=False,
 padding_mode="zeros")` on pixel centres, which gives the same forward values (references file,
-section 11). The offset enters the sampler scaled by `offset_gamma`, but the point carried on is
-`p_t + o_t` with the offset detached, exactly as the official code does. The position encoding W
-is one linear layer shared by every iteration, applied to the points divided by the map size. After
-the N sampling iterations, a class token is prepended and ordinary transformer layers follow.
+section 11). Only the sampler sees the offset scaled by `offset_gamma` (1 in every released variant);
+the points carried on and encoded add it unscaled, as the official code does. The position encoding
+W is one linear layer shared by every iteration; M_t exists for t < N. After the N iterations a
+class token is prepended and ordinary transformer layers follow.
 
 The state dict is the official release's (yuexy/PS-ViT): `point_coord` (the initial grid, (y, x),
 x-major), the shared `pos_layer` listed again under every `ps_layers.i.position_layer`, `stem.*`,
