@@ -48,7 +48,6 @@ from torch import Tensor, nn
 from vitlab.checkpoint import CheckpointError
 from vitlab.layers import DropPath, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, attend, record_positions
-from vitlab.layers.embed import to_2tuple
 from vitlab.layers.grouping import Size2, padded_size
 from vitlab.layers.grouping.deformable import DeformablePoints
 from vitlab.layers.grouping.windows import Windows, shifted_window_mask
@@ -245,7 +244,9 @@ class DATStage(nn.Module):
         self.attns = nn.ModuleList(make_attn[kind]() for kind in spec)
         self.drop_path = nn.ModuleList(DropPath(rate) for rate in drop_paths)
         self.blocks = [
-            DATBlock(self.layer_norms[2 * d], self.attns[d], self.layer_norms[2 * d + 1], self.mlps[d], self.drop_path[d])
+            DATBlock(
+                self.layer_norms[2 * d], self.attns[d], self.layer_norms[2 * d + 1], self.mlps[d], self.drop_path[d]
+            )
             for d in range(len(spec))
         ]
 
@@ -285,10 +286,12 @@ class DAT(Pyramid):
         super().__init__(in_chans, num_classes, img_size)
         per_stage = (dims, heads, stage_spec, groups, window_sizes, offset_kernel_sizes)
         if any(len(arg) != 4 for arg in per_stage):
-            raise ValueError(f"dims, heads, stage_spec, groups, window_sizes, offset_kernel_sizes need 4 entries: {per_stage}")
+            raise ValueError(
+                f"dims, heads, stage_spec, groups, window_sizes, offset_kernel_sizes need 4 entries: {per_stage}"
+            )
         if any(set(spec) - set("LSD") for spec in stage_spec):
             raise ValueError(f"stage_spec may only use 'L', 'S' and 'D', got {tuple(stage_spec)}")
-        if any(2 * a != b for a, b in zip(dims, dims[1:])):
+        if any(2 * a != b for a, b in zip(dims[:-1], dims[1:], strict=True)):
             raise ValueError(f"each stage doubles the width in DAT, got dims {tuple(dims)}")
         self.patch_proj = ConvNorm(nn.Conv2d(in_chans, dims[0], patch_size, patch_size), norm_eps, False)
         rates = iter(drop_path_rates(drop_path_rate, sum(len(spec) for spec in stage_spec)))
