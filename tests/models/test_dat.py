@@ -206,3 +206,67 @@ def test_a_checkpoint_for_another_size_is_fitted_as_the_release_does():
     for key, value in source.state_dict().items():  # everything not sized by img_size is loaded as is
         if not key.endswith(("rpe_table", "attn_mask")):
             assert torch.equal(target.state_dict()[key], value), key
+
+
+def naive_deformable_attention(layer, x):
+    """DAT eq. 9-10 token by token, from the layer's weights: offsets, bilinear keys, bias, softmax.
+
+    x is one (H, W, C) map; returns the (H, W, C) output and the (heads, H * W, points) probabilities.
+    Key point n of group g sits at reference point n moved by group g's offset there; the sampled
+    feature of point n holds each group's channels read at that group's point.
+    """
+    H, W, C = x.shape
+    G, heads, d = layer.groups, layer.heads, layer.head_dim
+    Cg, hg, N = C // G, heads // G, H * W
+    image = x.permute(2, 0, 1)  # (C, H, W)
+    q = torch.nn.functional.conv2d(image[None], layer.proj_q.weight, layer.proj_q.bias)[0].flatten(1)
+    offsets = layer.conv_offset(q.reshape(G, Cg, H, W))  # (G, 2, H, W), the network as a module
+    factor = layer.sampling.offset_range_factor
+    points = [  # normalised (y, x) of every group's key points
+        [
+            ((n // W + 0.5) / H * 2 - 1 + torch.tanh(offsets[g, 0].flatten()[n]) * factor / H,
+             (n % W + 0.5) / W * 2 - 1 + torch.tanh(offsets[g, 1].flatten()[n]) * factor / W)
+            for n in range(N)
+        ]
+        for g in range(G)
+    ]  # fmt: skip
+    features = [
+        torch.cat([bilinear(image[g * Cg : (g + 1) * Cg], (u + 1) / 2 * (W - 1), (y + 1) / 2 * (H - 1))
+                   for g, (y, u) in enumerate(points[g][n] for g in range(G))])
+        for n in range(N)
+    ]  # fmt: skip
+    keys = [layer.proj_k.weight[:, :, 0, 0] @ f + layer.proj_k.bias for f in features]
+    values = [layer.proj_v.weight[:, :, 0, 0] @ f + layer.proj_v.bias for f in features]
+    Th, Tw = layer.rpe_table.shape[1:]
+
+    def table_bias(h, dy, dx):  # the displacement, halved into [-1, 1], read as table pixels (align_corners)
+        return bilinear(layer.rpe_table[h : h + 1], (dx / 2 + 1) / 2 * (Tw - 1), (dy / 2 + 1) / 2 * (Th - 1))[0]
+
+    out = torch.zeros(C, N, dtype=x.dtype)
+    probs = torch.zeros(heads, N, N, dtype=x.dtype)
+    for h in range(heads):
+        rows, g = slice(h * d, (h + 1) * d), h // hg
+        for t in range(N):
+            qy, qx = (t // W + 0.5) / H * 2 - 1, (t % W + 0.5) / W * 2 - 1
+            logits = torch.stack([
+                q[rows, t] @ keys[n][rows] * d**-0.5 + table_bias(h, qy - py, qx - px)
+                for n, (py, px) in enumerate(points[g])
+            ])  # fmt: skip
+            probs[h, t] = logits.softmax(0)
+            out[rows, t] = sum(probs[h, t, n] * values[n][rows] for n in range(N))
+    y = layer.proj_out.weight[:, :, 0, 0] @ out + layer.proj_out.bias[:, None]
+    return y.T.reshape(H, W, C), probs
+
+
+def test_deformable_attention_is_the_papers_equation_token_by_token():
+    model = tiny_model(img_size=64).double()
+    layer = model.stages[2].attns[1]  # 2 heads in 2 offset groups, a (2, 7, 7) bias table
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        x = torch.randn(1, 3, 4, 32, dtype=torch.float64)
+        with vitlab.capture_attention(layer) as maps:
+            ours = layer(x)
+        expected, probs = naive_deformable_attention(layer, x[0])
+    torch.testing.assert_close(ours[0], expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(maps[""][0][0], probs, rtol=1e-10, atol=1e-10)
