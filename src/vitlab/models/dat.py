@@ -166,8 +166,8 @@ class DeformableAttention(AttentionLayer):
         attn_drop: float, drop: float, eps: float,
     ):  # fmt: skip
         super().__init__()
-        if heads % groups:
-            raise ValueError(f"deformable attention needs heads ({heads}) divisible by groups ({groups})")
+        if not groups or heads % groups:
+            raise ValueError(f"deformable attention needs heads ({heads}) divisible into offset groups ({groups})")
         self.heads, self.groups = heads, groups
         self.head_dim = dim // heads
         self.sampling = DeformablePoints(groups, offset_range_factor)
@@ -233,21 +233,34 @@ class DATBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DATStage(nn.Module):
-    """The blocks of one stage, spelled by `spec` ("L", "S", "D" per block), under the release's names."""
+def block_attention(
+    kind: str, dim: int, heads: int, window: int, resolution: Size2, groups: int | None, offset_kernel: int,
+    offset_range_factor: float, attn_drop: float, drop: float, eps: float,
+) -> nn.Module:  # fmt: skip
+    """The attention of a block of `kind`: "L" (windows), "S" (windows rolled by ceil(window / 2)), "D" (deformable)."""
+    if kind == "D":
+        return DeformableAttention(
+            dim, heads, groups, resolution, offset_kernel, offset_range_factor, attn_drop, drop, eps
+        )
+    shift = math.ceil(window / 2) if kind == "S" else 0
+    return LocalAttention(dim, heads, window, shift, resolution, attn_drop, drop)
 
-    def __init__(self, dim: int, heads: int, spec: str, make_attn: dict, mlp_ratio: float, drop: float,
+
+class DATStage(nn.Module):
+    """The blocks of one stage around their attentions, under the release's names (per-stage lists)."""
+
+    def __init__(self, dim: int, attns: Sequence[nn.Module], mlp_ratio: float, drop: float,
                  drop_paths: Sequence[float], eps: float):  # fmt: skip
         super().__init__()
-        self.layer_norms = nn.ModuleList(ChannelNorm(dim, eps=eps) for _ in range(2 * len(spec)))
-        self.mlps = nn.ModuleList(TransformerMLP(dim, mlp_ratio, drop) for _ in spec)
-        self.attns = nn.ModuleList(make_attn[kind]() for kind in spec)
+        depth = len(attns)
+        self.layer_norms = nn.ModuleList(ChannelNorm(dim, eps=eps) for _ in range(2 * depth))
+        self.mlps = nn.ModuleList(TransformerMLP(dim, mlp_ratio, drop) for _ in range(depth))
+        self.attns = nn.ModuleList(attns)
         self.drop_path = nn.ModuleList(DropPath(rate) for rate in drop_paths)
+        norms = self.layer_norms
         self.blocks = [
-            DATBlock(
-                self.layer_norms[2 * d], self.attns[d], self.layer_norms[2 * d + 1], self.mlps[d], self.drop_path[d]
-            )
-            for d in range(len(spec))
+            DATBlock(norms[2 * d], self.attns[d], norms[2 * d + 1], self.mlps[d], self.drop_path[d])
+            for d in range(depth)
         ]
 
 
@@ -298,19 +311,15 @@ class DAT(Pyramid):
         grid = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         stages = []
         for i, (dim, spec) in enumerate(zip(dims, stage_spec, strict=True)):
+            if dim % heads[i]:
+                raise ValueError(f"stage {i + 1}: dims ({dim}) is not divisible by heads ({heads[i]})")
             resolution = (grid[0] // 2**i, grid[1] // 2**i)
-            local = dict(dim=dim, heads=heads[i], window=window_sizes[i], resolution=resolution)
-            local.update(attn_drop=attn_drop_rate, drop=drop_rate)
-            make_attn = {
-                "L": lambda local=local: LocalAttention(**local, shift=0),
-                "S": lambda local=local, i=i: LocalAttention(**local, shift=math.ceil(window_sizes[i] / 2)),
-                "D": lambda i=i, dim=dim, resolution=resolution: DeformableAttention(
-                    dim, heads[i], groups[i], resolution, offset_kernel_sizes[i], offset_range_factor,
-                    attn_drop_rate, drop_rate, norm_eps,
-                ),
-            }  # fmt: skip
+            attention = dict(dim=dim, heads=heads[i], window=window_sizes[i], resolution=resolution, groups=groups[i])
+            attention.update(offset_kernel=offset_kernel_sizes[i], offset_range_factor=offset_range_factor)
+            attention.update(attn_drop=attn_drop_rate, drop=drop_rate, eps=norm_eps)
+            attns = [block_attention(kind, **attention) for kind in spec]
             drop_paths = [next(rates) for _ in spec]
-            stages.append(DATStage(dim, heads[i], spec, make_attn, mlp_ratio, drop_rate, drop_paths, norm_eps))
+            stages.append(DATStage(dim, attns, mlp_ratio, drop_rate, drop_paths, norm_eps))
         self.stages = nn.ModuleList(stages)
         self.down_projs = nn.ModuleList(
             ConvNorm(nn.Conv2d(dims[i], dims[i + 1], 2, 2, bias=False), norm_eps, True) for i in range(3)
