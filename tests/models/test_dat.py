@@ -209,7 +209,7 @@ def test_a_checkpoint_for_another_size_is_fitted_as_the_release_does():
 
 
 def naive_deformable_attention(layer, x):
-    """DAT eq. 9-10 token by token, from the layer's weights: offsets, bilinear keys, bias, softmax.
+    """DAT section 3.2 token by token, from the layer's weights: offsets, bilinear keys, bias, softmax.
 
     x is one (H, W, C) map; returns the (H, W, C) output and the (heads, H * W, points) probabilities.
     Key point n of group g sits at reference point n moved by group g's offset there; the sampled

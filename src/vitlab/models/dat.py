@@ -6,7 +6,7 @@ spell them: "L" local attention in 7x7 windows, "S" shifted-window attention (th
 ceil(7 / 2) = 4, not Swin's 3) and "D" deformable attention (section 3.2). The released models use
 L/S pairs in stages 1-2 and L/D pairs in stages 3-4.
 
-Deformable attention (eq. 9-10): the queries q = W_q x of every token go, one group of channels
+Deformable attention (section 3.2): the queries q = W_q x of every token go, one group of channels
 at a time, through an offset network (depthwise k x k conv, LayerNorm, GELU, 1x1 conv to 2
 channels; k = 9, 7, 5, 3 by stage); the offsets, bounded by tanh and the offset range factor, move
 a uniform grid of reference points, and keys and values are projections of the input sampled
@@ -23,8 +23,9 @@ release's. The window blocks keep the release's persistent buffers (`relative_po
 `attn_mask`) because its checkpoints hold them; the forward pass takes the same values from the
 plan cache, which also serves other input sizes.
 
-Any input of at least 32x32 pixels works (the four stride-2 steps need a 1x1 last map); the
-release is fixed to the size it was built for. Choices where it cannot run:
+Any input of at least 32x32 pixels works (the 4x4 stem and three 2x2 steps floor odd sides, as in
+the release, down to a map of at least 1x1); the release is fixed to the size it was built for.
+Choices where it cannot run:
 - window blocks zero-pad the map at the bottom/right to a multiple of the window and crop back,
   and a side no longer than the window is one unshifted window (the same rule and code as Swin,
   `layers.grouping.windows`); at the released sizes nothing is padded;
@@ -152,7 +153,7 @@ class LocalAttention(AttentionLayer):
 
 
 class DeformableAttention(AttentionLayer):
-    """Deformable multi-head attention ("D", DAT section 3.2, eq. 9-10) on a (B, H, W, C) map.
+    """Deformable multi-head attention ("D", DAT section 3.2) on a (B, H, W, C) map.
 
     Under `capture_attention(model, positions=True)` it records where it sampled: (B, groups, Hk,
     Wk, 2) (x, y) pixel coordinates of the attended map (`DeformablePoints.to_pixels`; the map spans

@@ -74,8 +74,8 @@ class DeformablePoints(Grouping):
     def positions(self, offsets: Tensor, plan: ReferencePlan) -> Tensor:
         """Raw offsets (B * groups, 2, Hk, Wk) of the offset network -> sampling positions (B * groups, Hk, Wk, 2).
 
-        `plan` is that of the key grid (Hk, Wk). Positions are normalised (y, x): DAT eq. 9 with the
-        bound `tanh(offset) * offset_range_factor / (Hk, Wk)` of section 3.2.
+        `plan` is that of the key grid (Hk, Wk). Positions are normalised (y, x): the reference points
+        plus the offsets bounded as in section 3.2, `tanh(offset) * offset_range_factor / (Hk, Wk)`.
         """
         Hk, Wk = plan.size
         scale = offsets.new_tensor([1.0 / Hk, 1.0 / Wk]).view(1, 2, 1, 1)
