@@ -119,18 +119,33 @@ def attend(
     return out
 
 
+def record_positions(store: list[Tensor] | None, positions: Tensor) -> None:
+    """Hand the positions a layer sampled its keys at to `capture_attention(..., positions=True)`.
+
+    `store` is the layer's `position_store` (None when not recorded); kept detached like probabilities.
+    """
+    if store is not None:
+        store.append(positions.detach())
+
+
+POSITIONS_SUFFIX = ":positions"  # a module name never holds ":", so the key cannot clash with a layer's
+
+
 class AttentionLayer(nn.Module):
     """Base of every module that calls `attend()`; `capture_attention` finds them by this type.
 
     Subclasses pass `store=self.attention_store` to `attend()`, or, computing their own softmax,
-    to `record_attention()`.
+    to `record_attention()`. Layers whose keys are sampled at data-dependent positions (deformable
+    attention) set `samples_positions` and hand those positions to `record_positions(self.position_store, ...)`.
     """
 
     attention_store: list[Tensor] | None = None
+    samples_positions: bool = False
+    position_store: list[Tensor] | None = None
 
 
 @contextmanager
-def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+def capture_attention(model: nn.Module, positions: bool = False) -> Iterator[dict[str, list[Tensor]]]:
     """Record the attention probabilities of every attention layer of `model`.
 
     Yields a dict from module name to the list of probability tensors the module produced, one
@@ -140,6 +155,10 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
         with vitlab.capture_attention(model) as maps:
             logits = model(images)
         probs = maps["blocks.11.attn"][0]
+
+    With `positions=True`, layers that sample their keys (`samples_positions`, e.g. DAT's deformable
+    attention) also report where they sampled, under their name plus `POSITIONS_SUFFIX`
+    (`maps["stages.2.attns.1:positions"]`), in the format the layer documents.
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionLayer)]
     if not layers:
@@ -147,11 +166,14 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
     maps: dict[str, list[Tensor]] = {name: [] for name, _ in layers}
     for name, module in layers:
         module.attention_store = maps[name]
+        if positions and module.samples_positions:
+            module.position_store = maps.setdefault(name + POSITIONS_SUFFIX, [])
     try:
         yield maps
     finally:
         for _, module in layers:
             module.attention_store = None
+            module.position_store = None
 
 
 class CosineScores(nn.Module):

@@ -9,9 +9,10 @@ the result. Every scheme is a frozen dataclass of its parameters with three meth
     y = scheme.ungroup(groups, plan)    # back to the map, padding cropped
 
 The schemes, one module each: `windows` (Swin's windows and shifted windows), `stripes` (CSWin),
-`pales` (Pale's interlaced rows and columns), `axes` (Axial-DeepLab), `neighbourhoods` (SASA).
-`reduction` holds PVT's spatial-reduction attention, a shared layer rather than a scheme: every
-token attends to keys from a reduced map, so nothing is grouped or planned.
+`pales` (Pale's interlaced rows and columns), `axes` (Axial-DeepLab), `neighbourhoods` (SASA),
+`deformable` (DAT's reference points moved by learned offsets). `reduction` holds PVT's
+spatial-reduction attention, a shared layer rather than a scheme: every token attends to keys
+from a reduced map, so nothing is grouped or planned.
 
 Plans (padded size, masks, index tensors) live in one bounded LRU cache shared by every scheme
 and layer, keyed by (scheme, map size, device): layers with equal parameters share their plans.
