@@ -1,3 +1,3 @@
 """Model families; importing this package registers every named variant."""
 
-from vitlab.models import axial, convnet, cswin, pale, sasa, swin, vit  # noqa: F401
+from vitlab.models import axial, convnet, cswin, pale, sasa, swin, t2t, vit  # noqa: F401
