@@ -92,8 +92,9 @@ class TokenPerformer(AttentionLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         k, q, v = self.kqv(self.norm1(x)).split(self.emb, dim=-1)
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
+        device = x.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
                 y = self.linear_attention(q, k, v)
         else:
             y = self.linear_attention(q, k, v)
