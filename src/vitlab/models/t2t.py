@@ -175,7 +175,7 @@ class TokensToToken(nn.Module):
         self.project = nn.Linear(token_dim * self.splits[2][0] ** 2, embed_dim)
         stride = math.prod(s[1] for s in self.splits)
         self.patch_size = (stride, stride)
-        # The smallest side every soft split yields a position for.
+        # The smallest side for which every soft split yields a position (3 for the paper's splits).
         self.min_input_size = next(n for n in range(1, 1 << 16) if self.grid_size((n, n))[0] >= 1)
 
     input_conv = "attention1.kqv"  # no convolution sees the image: unfold, LayerNorm, then this linear layer
@@ -190,8 +190,9 @@ class TokensToToken(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         size = (unfold_size(x.shape[-2], self.splits[0]), unfold_size(x.shape[-1], self.splits[0]))
         x = self.soft_split0(x).transpose(1, 2)  # (B, N, C k^2): channels in (C, kh, kw) order
-        for layer, split, unfold in ((self.attention1, self.splits[1], self.soft_split1),
-                                     (self.attention2, self.splits[2], self.soft_split2)):  # fmt: skip
+        layers, unfolds = (self.attention1, self.attention2), (self.soft_split1, self.soft_split2)
+        steps = zip(layers, self.splits[1:], unfolds, strict=True)
+        for layer, split, unfold in steps:
             x = layer(x)
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)  # re-structurization
             size = (unfold_size(size[0], split), unfold_size(size[1], split))
