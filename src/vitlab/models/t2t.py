@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from vitlab.layers import AttentionLayer, Mlp, attend, record_attention, sinusoidal_1d
+from vitlab.layers import Mlp, attend, sinusoidal_1d
 from vitlab.models.vit import VisionTransformer
 from vitlab.registry import Preprocess, register_model
 
@@ -44,7 +44,7 @@ def orthogonal_random_features(num_features: int, dim: int) -> Tensor:
     return w * math.sqrt(num_features)
 
 
-class TokenPerformer(AttentionLayer):
+class TokenPerformer(nn.Module):
     """A T2T layer with Performer attention (official `Token_performer`, one head).
 
     With k, q, v = kqv(LN(x)) (split in that order) and the positive random features
@@ -55,9 +55,7 @@ class TokenPerformer(AttentionLayer):
     `w` (m = kernel_ratio * in_dim rows) is drawn once and frozen; released checkpoints carry it.
     The kernel runs in at least float32 (the official code casts to float32), with autocast off.
     Dropout 0.1 after the projection and after the MLP is fixed, as in the official layer.
-
-    `capture_attention` records the attention this computation is equal to,
-    phi(q_i) . phi(k_j) / (sum_j phi(q_i) . phi(k_j) + 1e-8), as (batch, 1, N, N).
+    Not recorded by `capture_attention` (see `T2TViT`).
     """
 
     epsilon = 1e-8
@@ -84,11 +82,7 @@ class TokenPerformer(AttentionLayer):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         qp, kp = self.random_features(q), self.random_features(k)  # (B, N, m)
         normaliser = qp @ kp.sum(dim=1).unsqueeze(-1) + self.epsilon  # (B, N, 1)
-        y = qp @ (v.transpose(1, 2) @ kp).transpose(1, 2) / normaliser  # phi(Q) (phi(K)^T V), (B, N, d)
-        if self.attention_store is not None:
-            with torch.no_grad():
-                record_attention(self.attention_store, (qp @ kp.transpose(1, 2) / normaliser).unsqueeze(1))
-        return y
+        return qp @ (v.transpose(1, 2) @ kp).transpose(1, 2) / normaliser  # phi(Q) (phi(K)^T V), (B, N, d)
 
     def forward(self, x: Tensor) -> Tensor:
         k, q, v = self.kqv(self.norm1(x)).split(self.emb, dim=-1)
@@ -102,11 +96,11 @@ class TokenPerformer(AttentionLayer):
         return y + self.mlp(self.norm2(y))
 
 
-class TokenAttention(AttentionLayer):
+class TokenAttention(nn.Module):
     """One-head softmax attention from `dim` to `in_dim` channels, plus the value as the skip connection.
 
     The logits are scaled by dim^-1/2, the *input* width (147 or 576), not in_dim^-1/2, as in the official
-    `token_transformer.Attention`; qkv has no bias.
+    `token_transformer.Attention`; qkv has no bias. Not recorded by `capture_attention` (see `T2TViT`).
     """
 
     def __init__(self, dim: int, in_dim: int):
@@ -119,7 +113,7 @@ class TokenAttention(AttentionLayer):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, 1, self.in_dim).permute(2, 0, 3, 1, 4)
-        y = attend(q, k, v, scale=self.scale, store=self.attention_store).squeeze(1)
+        y = attend(q, k, v, scale=self.scale).squeeze(1)
         return v.squeeze(1) + self.proj(y)
 
 
@@ -212,6 +206,11 @@ class T2TViT(VisionTransformer):
     carry. It is built for the grid of `img_size` and, at another input size, resized bicubically
     to the input's grid (class slot kept) like every vitlab ViT; the official transfer-learning code
     resizes it the same way when it changes the resolution (without antialiasing).
+
+    `capture_attention` records the backbone blocks' attention (class token and patch tokens), the maps
+    that class-token attention and attention rollout read. The two T2T layers are left out: their
+    tokens are those of the soft splits (3136 and 784 at 224), which a rollout through the blocks
+    cannot multiply with, and their maps would take 40 MB per image; the Performer's is only implicit.
     """
 
     def __init__(
