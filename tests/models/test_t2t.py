@@ -16,6 +16,7 @@ from vitlab.analysis.complexity import count_params
 from vitlab.checkpoint import CheckpointError, load_checkpoint, load_state_dict
 from vitlab.layers.position import resize_pos_embed
 from vitlab.models.t2t import TokenAttention, TokenPerformer
+from vitlab.train.optim import param_groups
 
 # Parameter counts in millions (2 decimals): the figures, which are those of the official code
 # with its frozen parameters (the Performer's `w`, the sinusoidal `pos_embed`) counted, as
@@ -47,6 +48,19 @@ def test_frozen_parameters_are_counted_and_trainable_ones_match_the_reference():
     assert frozen == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert round(trainable / 1e6, 3) == 4.256  # references/backbones.md, official code
+
+
+def test_frozen_parameters_stay_out_of_the_optimiser_and_layer_decay_scales_the_rest_by_depth():
+    model = small()
+    depth_of = {n: d for d, group in enumerate(model.block_order()) for n in group}
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    last = len(model.block_order()) - 1
+    for pname, param in model.named_parameters():
+        if param.requires_grad:
+            assert scale_of[id(param)] == 0.5 ** (last - depth_of[pname]), pname
+        else:  # pos_embed and the two `w`: fixed, as in the official training
+            assert id(param) not in scale_of and depth_of[pname] == 0, pname
 
 
 @pytest.mark.parametrize("name, gmacs", [("t2t_vit_7", 1.15), ("t2t_vit_14", 4.78)])
