@@ -168,6 +168,16 @@ def test_performer_kernel_matches_the_per_token_equation():
     )
 
 
+def test_performer_kernel_runs_in_float32_under_autocast():
+    layer = TokenPerformer(dim=12, in_dim=8).eval()
+    dtypes = []
+    kernel = layer.linear_attention
+    layer.linear_attention = lambda q, k, v: dtypes.append((out := kernel(q, k, v)).dtype) or out
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        y = layer(torch.randn(2, 9, 12))
+    assert dtypes == [torch.float32] and y.dtype == torch.bfloat16  # the official code's float32 kernel
+
+
 def test_t2t_attention_scales_by_the_input_width_and_keeps_the_value_as_skip():
     torch.manual_seed(2)
     layer = TokenAttention(dim=27, in_dim=8).double().eval()
