@@ -1,3 +1,3 @@
 """Model families; importing this package registers every named variant."""
 
-from vitlab.models import axial, ceit, convit, convnet, cswin, dat, hornet, pale, psvit, pvt, sasa, swin, vit, vt  # noqa: F401
+from vitlab.models import axial, ceit, convit, convnet, cswin, dat, hornet, pale, psvit, pvt, sasa, swin, t2t, vit, vt  # noqa: F401
