@@ -143,9 +143,9 @@ def test_sides_below_the_stride_are_named():
     with pytest.raises(ValueError, match="at least 32x32 pixels, got 31x64"):
         small()(torch.randn(1, 3, 31, 64))
     mini = small("hornet_mini_28")
-    assert mini(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+    assert mini(torch.randn(1, 1, 16, 16)).shape == (1, 5)
     with pytest.raises(ValueError, match="at least 16x16 pixels, got 15x28"):
-        mini(torch.randn(1, 3, 15, 28))
+        mini(torch.randn(1, 1, 15, 28))
 
 
 def test_downsampling_layers_go_with_the_first_block_of_their_stage():

@@ -307,8 +307,8 @@ for (_size, _img), _top1 in _TOP1.items():
 register_model(
     "ceit_mini_28",
     CeiT,
-    dict(img_size=28, proj_size=1, stem_chans=32, embed_dim=64, depth=7, num_heads=4),
+    dict(img_size=28, in_chans=1, num_classes=10, proj_size=1, stem_chans=32, embed_dim=64, depth=7, num_heads=4),
     "CeiT: Yuan et al. 2021; a 28x28-input configuration of vitlab (no reference weights)",
     tiny=dict(embed_dim=16, depth=2, num_heads=2, stem_chans=8),
-    preprocess=Preprocess((3, 28, 28), crop_pct=1.0),
+    preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
 )

@@ -282,8 +282,10 @@ for _name, _heads, _top1 in [("convit_tiny", 4, 73.1), ("convit_small", 9, 81.3)
 register_model(
     "convit_mini_28",
     ConViT,
-    dict(img_size=28, patch_size=4, embed_dim=80, depth=6, num_heads=4, local_up_to_layer=4),
+    dict(
+        img_size=28, in_chans=1, num_classes=10, patch_size=4, embed_dim=80, depth=6, num_heads=4, local_up_to_layer=4
+    ),
     "ConViT: d'Ascoli et al. 2021; a 28x28-input configuration of vitlab (no reference weights)",
     tiny=dict(embed_dim=16, depth=2, local_up_to_layer=1),
-    preprocess=Preprocess((3, 28, 28), crop_pct=1.0),
+    preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
 )

@@ -328,9 +328,9 @@ for _name, (_dim, _gf, _top1) in _VARIANTS.items():
 register_model(
     "hornet_mini_28",
     HorNet,
-    dict(img_size=28, base_dim=16, depths=(1, 1, 3, 1), orders=(2, 3, 4, 5), stem_stride=2),
+    dict(img_size=28, in_chans=1, num_classes=10, base_dim=16, depths=(1, 1, 3, 1), orders=(2, 3, 4, 5), stem_stride=2),
     "vitlab's own configuration of HorNet (Rao et al. 2022) for 28x28 images (e.g. MNIST: in_chans=1, "
     "num_classes=10): a 2x2 stride-2 stem, widths 16-128, 7x7 gnConv of orders 2-5",
     tiny=dict(base_dim=8, depths=(1, 1, 1, 1)),
-    preprocess=Preprocess((3, 28, 28), crop_pct=1.0),
+    preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
 )
