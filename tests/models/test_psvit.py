@@ -12,7 +12,7 @@ import torch
 import vitlab
 from vitlab.analysis.complexity import count_params
 from vitlab.checkpoint import CheckpointError, load_state_dict
-from vitlab.models.psvit import bilinear_sample, initial_points, sampled_positions
+from vitlab.models.psvit import bilinear_sample, initial_points
 
 # Parameter counts in millions (references/backbones.md section 11; the README's 21.3M for every B
 # variant: the iterations share their weights and the points are a buffer). B/10 is not in the
@@ -119,35 +119,38 @@ def test_feature_maps_put_each_point_at_its_row_and_column():
 def test_capture_attention_gives_the_sampling_positions_in_the_image():
     model = vitlab.create_model("ps_vit_ti_14", embed_dim=16, depth=4, num_iters=3, num_heads=2, stem_width=8,
                                 stem_channels=16).eval()  # fmt: skip
-    shift = torch.tensor([1.25, -0.5])  # map pixels, predicted by the first iteration for every point
+    shift = torch.tensor([1.25, -0.5])  # (y, x) map pixels, predicted by the first iteration for every point
     with torch.no_grad():
         model.ps_layers[0].offset_layer.bias.copy_(shift)
     x = torch.randn(2, 3, 80, 112)
+    with torch.no_grad(), vitlab.capture_attention(model, positions=True) as maps:
+        model(x)
+    grid = initial_points(*model.points_for((80, 112)), 20, 28)[0]  # (y, x) on the 20x28 stem map
+    first, second = (maps[f"ps_layers.{i}.sampler:positions"][0] for i in (0, 1))
+    assert first.shape == (2, grid.shape[0], 2)
+    torch.testing.assert_close(first, grid.flip(-1).expand(2, -1, -1))  # recorded as (x, y)
+    torch.testing.assert_close(second, (grid + shift).flip(-1).expand(2, -1, -1))
+    for positions in (first, second):  # image pixel (p + 0.5) * 4 - 0.5 of the 80x112 input
+        image = (positions + 0.5) * 4 - 0.5
+        assert (image >= -0.5).all() and (image[..., 0] <= 111.5).all() and (image[..., 1] <= 79.5).all()
     with torch.no_grad(), vitlab.capture_attention(model) as maps:
         model(x)
-    fmap_size = (20, 28)
-    grid = initial_points(*model.points_for((80, 112)), *fmap_size)[0]
-    first, second = (maps[f"ps_layers.{i}.sampler"][0] for i in (0, 1))
-    assert first.shape == (2, 1, grid.shape[0], 20 * 28 + 1)
-    positions = sampled_positions(first, *fmap_size)
-    torch.testing.assert_close(positions, (grid * 4).expand(2, -1, -1))  # stride-4 map pixels -> image pixels
-    assert (positions >= 0).all() and (positions[..., 0] < 80).all() and (positions[..., 1] < 112).all()
-    moved = sampled_positions(second, *fmap_size)
-    interior = (first[..., -1] == 0) & (second[..., -1] == 0)  # all four neighbours on the map
-    torch.testing.assert_close(moved[interior[:, 0]], ((grid + shift) * 4).expand(2, -1, -1)[interior[:, 0]])
+    assert not any(name.endswith(":positions") for name in maps)  # only when asked
 
 
-def test_recorded_weights_reproduce_the_sampled_tokens():
+def test_recorded_positions_are_where_the_tokens_were_sampled():
     torch.manual_seed(1)
     fmap = torch.randn(1, 4, 6, 9, dtype=torch.float64)
     points = torch.rand(1, 30, 2, dtype=torch.float64) * torch.tensor([8.0, 11.0]) - 1.0
+    offsets = torch.randn_like(points)
     sampler = vitlab.create_model("ps_vit_ti_14").ps_layers[0].sampler
     store = []
-    sampler.attention_store = store
-    tokens = sampler(fmap, points, torch.zeros_like(points))
-    weights = store[0][:, 0]
-    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 30, dtype=torch.float64))
-    torch.testing.assert_close(weights[..., :-1] @ fmap.flatten(2).mT, tokens)
+    sampler.position_store = store
+    tokens = sampler(fmap, points, offsets)
+    (positions,) = store
+    for n in range(30):
+        x, y = positions[0, n].tolist()
+        torch.testing.assert_close(tokens[0, n], naive_bilinear(fmap[0], y, x), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize(("source", "target", "named"), [

@@ -135,12 +135,20 @@ class AttentionLayer(nn.Module):
     """Base of every module that calls `attend()`; `capture_attention` finds them by this type.
 
     Subclasses pass `store=self.attention_store` to `attend()`, or, computing their own softmax,
-    to `record_attention()`. Layers whose keys are sampled at data-dependent positions (deformable
-    attention) set `samples_positions` and hand those positions to `record_positions(self.position_store, ...)`.
+    to `record_attention()`.
     """
 
     attention_store: list[Tensor] | None = None
-    samples_positions: bool = False
+
+
+class PositionSampler(nn.Module):
+    """Base of every module that samples a map at positions it computes from the data (DAT's
+    deformable attention, PS-ViT's progressive sampling); `capture_attention(model, positions=True)`
+    finds them by this type. Subclasses hand the positions to `record_positions(self.position_store,
+    ...)` as (..., 2) (x, y) pixel-index coordinates of the map they sample (pixel centres at integers)
+    and document that map's stride.
+    """
+
     position_store: list[Tensor] | None = None
 
 
@@ -156,23 +164,25 @@ def capture_attention(model: nn.Module, positions: bool = False) -> Iterator[dic
             logits = model(images)
         probs = maps["blocks.11.attn"][0]
 
-    With `positions=True`, layers that sample their keys (`samples_positions`, e.g. DAT's deformable
-    attention) also report where they sampled, under their name plus `POSITIONS_SUFFIX`
-    (`maps["stages.2.attns.1:positions"]`), in the format the layer documents.
+    With `positions=True`, modules that sample at computed positions (`PositionSampler`: DAT's
+    deformable attention, PS-ViT's samplers) also report where they sampled, under their name plus
+    `POSITIONS_SUFFIX` (`maps["stages.2.attns.1:positions"]`), as (x, y) pixels of the sampled map.
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionLayer)]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no attention layers to capture")
     maps: dict[str, list[Tensor]] = {name: [] for name, _ in layers}
+    samplers = [(n, m) for n, m in model.named_modules() if isinstance(m, PositionSampler)] if positions else []
     for name, module in layers:
         module.attention_store = maps[name]
-        if positions and module.samples_positions:
-            module.position_store = maps.setdefault(name + POSITIONS_SUFFIX, [])
+    for name, module in samplers:
+        module.position_store = maps.setdefault(name + POSITIONS_SUFFIX, [])
     try:
         yield maps
     finally:
         for _, module in layers:
             module.attention_store = None
+        for _, module in samplers:
             module.position_store = None
 
 

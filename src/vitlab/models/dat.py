@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from vitlab.checkpoint import CheckpointError
 from vitlab.layers import DropPath, drop_path_rates
-from vitlab.layers.attention import AttentionLayer, attend, record_positions
+from vitlab.layers.attention import AttentionLayer, PositionSampler, attend, record_positions
 from vitlab.layers.grouping import Size2, padded_size
 from vitlab.layers.grouping.deformable import DeformablePoints
 from vitlab.layers.grouping.windows import Windows, shifted_window_mask
@@ -152,15 +152,13 @@ class LocalAttention(AttentionLayer):
         return self.grouping.ungroup(out, plan)
 
 
-class DeformableAttention(AttentionLayer):
+class DeformableAttention(AttentionLayer, PositionSampler):
     """Deformable multi-head attention ("D", DAT section 3.2) on a (B, H, W, C) map.
 
     Under `capture_attention(model, positions=True)` it records where it sampled: (B, groups, Hk,
     Wk, 2) (x, y) pixel coordinates of the attended map (`DeformablePoints.to_pixels`; the map spans
     [-0.5, W - 0.5]); a position at stride s lies at about (p + 0.5) * s - 0.5 in the image.
     """
-
-    samples_positions = True
 
     def __init__(
         self, dim: int, heads: int, groups: int, resolution: Size2, offset_kernel: int, offset_range_factor: float,

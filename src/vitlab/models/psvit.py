@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers import Mlp, MultiHeadAttention, drop_path_rates
-from vitlab.layers.attention import AttentionLayer, attend, record_attention
+from vitlab.layers.attention import PositionSampler, attend, record_positions
 from vitlab.layers.blocks import PreNormBlock
 from vitlab.models.base import Backbone
 from vitlab.registry import Preprocess, register_model
@@ -120,43 +120,9 @@ def bilinear_sample(fmap: Tensor, points: Tensor) -> Tensor:
     return out.squeeze(2).transpose(1, 2)
 
 
-def sampling_weights(points: Tensor, height: int, width: int) -> Tensor:
-    """The bilinear sampling as attention: (B, 1, N, H*W + 1) weights of each point over the map's pixels.
-
-    Row n holds the four bilinear weights of point n at its neighbours (raster order) and, in the last
-    column, the weight of the neighbours that fall outside the map (they contribute zeros), so rows
-    sum to 1 and `weights[..., :-1] @ fmap.flatten(2).mT` is the sampled tokens.
-    """
-    y, x = points.unsqueeze(-1).unbind(-2)  # (B, N, 1) each
-    y0, x0 = y.floor(), x.floor()
-    weights = points.new_zeros(*points.shape[:2], height * width)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            row, col = y0 + dy, x0 + dx
-            weight = (1 - (y - row).abs()) * (1 - (x - col).abs())
-            inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
-            index = (row.clamp(0, height - 1) * width + col.clamp(0, width - 1)).long()
-            weights.scatter_add_(-1, index, torch.where(inside, weight, torch.zeros_like(weight)))
-    outside = (1 - weights.sum(-1, keepdim=True)).clamp_min(0)
-    return torch.cat([weights, outside], dim=-1).unsqueeze(1)
-
-
-def sampled_positions(weights: Tensor, height: int, width: int, stride: float = STEM_STRIDE) -> Tensor:
-    """Where the points recorded by `capture_attention` were sampled, in input-image pixels: (B, N, 2) as (y, x).
-
-    The bilinear weights' centre of mass, times the stem's stride. Exact for a point whose four
-    neighbours lie on the map; a point sampled partly outside is placed at its in-map neighbours' centre.
-    """
-    weights = weights[:, 0, :, :-1]
-    rows = torch.arange(height, dtype=weights.dtype, device=weights.device).repeat_interleave(width)
-    cols = torch.arange(width, dtype=weights.dtype, device=weights.device).repeat(height)
-    mass = weights.sum(-1).clamp_min(torch.finfo(weights.dtype).tiny)
-    return torch.stack([weights @ rows / mass, weights @ cols / mass], dim=-1) * stride
-
-
-class ProgressiveSampler(AttentionLayer):
-    """Samples tokens at p + gamma * o. Under `capture_attention` it records its bilinear weights
-    (`sampling_weights`), from which `sampled_positions` gives the points in image pixels."""
+class ProgressiveSampler(PositionSampler):
+    """Samples tokens at p + gamma * o. Under `capture_attention(model, positions=True)` it records the
+    points as (B, N, 2) (x, y) pixel indices of the stem's map (stride 4: image pixel (p + 0.5) * 4 - 0.5)."""
 
     def __init__(self, gamma: float):
         super().__init__()
@@ -164,8 +130,7 @@ class ProgressiveSampler(AttentionLayer):
 
     def forward(self, fmap: Tensor, point: Tensor, offset: Tensor) -> Tensor:
         points = point + offset * self.gamma
-        if self.attention_store is not None:
-            record_attention(self.attention_store, sampling_weights(points, *fmap.shape[-2:]))
+        record_positions(self.position_store, points.flip(-1))
         return bilinear_sample(fmap, points)
 
 
