@@ -27,6 +27,12 @@ OTHER_CHECKS = {
     "SwinTransformer": "live: every variant vs timm",
     "PaleTransformer": "no released code: layer vs a per-token implementation of the paper (tests/models/test_pale.py)",
     "SASAResNet": "no released code: layer vs the paper's equation pixel by pixel (tests/models/test_sasa.py)",
+    "ConViT": "live: every variant vs timm",
+    "PyramidVisionTransformerV2": "live: every variant vs timm",
+    "DAT": "live: T/S/B vs the release (tag CVPR2022) at 224",
+    "PSViT": "live: Ti/14, B/14, B/16, B/18 vs the release at 224 (grid_sample for its CUDA kernel)",
+    "T2TViT": "live: every variant vs the release at 224",
+    "VTResNet": "no released code: every equation vs an unbatched transcription (tests/models/test_vt.py)",
     "conv_stem_vit": "vitlab's own configuration: no reference",
     "ConvNet": "vitlab's own configuration: no reference",
 }

@@ -290,6 +290,8 @@ register_model(
     T2TViT,
     dict(
         img_size=28,
+        in_chans=1,
+        num_classes=10,
         embed_dim=96,
         depth=5,
         num_heads=4,
@@ -300,5 +302,5 @@ register_model(
     ),  # fmt: skip
     f"{_T2T}; t2t_vit_mini_28 is a small-image configuration of vitlab (not in the paper)",
     tiny=dict(embed_dim=32, depth=2, num_heads=2, token_dim=16),
-    preprocess=Preprocess((3, 28, 28), crop_pct=1.0),
+    preprocess=Preprocess((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0),
 )
