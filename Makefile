@@ -41,6 +41,8 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/throughput.py
 	$(BENCH_PY) benchmarks/swin.py
+	$(BENCH_PY) benchmarks/pvt.py
+	$(BENCH_PY) benchmarks/convit.py
 	$(BENCH_PY) benchmarks/scaling.py
 
 # Full-size parity against the live reference packages (timm, transformers).

@@ -34,10 +34,10 @@ MODELS = {  # label: registered name
     "CNN": "convnet_mini_28",
     "ViT": "vit_mini_28",
     "DeiT (hard distillation)": "deit_mini_28",
+    "HorNet": "hornet_mini_28",
     "ConViT": "convit_mini_28",
     "CeiT": "ceit_mini_28",
     "T2T-ViT": "t2t_vit_mini_28",
-    "HorNet": "hornet_mini_28",
 }
 TEACHER = "convnet_mini_28"
 # The same optimisation for every model: AdamW, cosine schedule, label smoothing, flips (the
