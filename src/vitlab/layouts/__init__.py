@@ -98,8 +98,9 @@ def rename_keys(state_dict: StateDict, rules: list[tuple[str, str | Callable[[re
     return renamed
 
 
-def fuse_qkv(state_dict: StateDict, names: tuple[str, str, str] = ("q", "k", "v"), fused: str = "qkv") -> StateDict:
-    """Concatenate separate `X.q.*`, `X.k.*`, `X.v.*` projections into one `X.qkv.*` (q, k, v order)."""
+def fuse_qkv(state_dict: StateDict, names: tuple[str, ...] = ("q", "k", "v"), fused: str = "qkv") -> StateDict:
+    """Concatenate separate projections `X.<name>.*` into one `X.<fused>.*`, in the order of `names`:
+    `X.q.*`, `X.k.*`, `X.v.*` into `X.qkv.*` by default; PVT's `("k", "v")` into `kv`."""
     out = dict(state_dict)
     q_suffix = f".{names[0]}."
     for key in [k for k in state_dict if q_suffix in k]:
