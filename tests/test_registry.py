@@ -22,6 +22,11 @@ def test_model_info_fields():
     assert 17.5 < info["gmacs"] < 17.6  # DeiT's table quotes 17.6G for ViT-B/16
     assert "Dosovitskiy" in info["reference"]
     assert vitlab.model_info("vit_base_patch16_224", img_size=384)["input_size"] == (3, 384, 384)
+    grey = vitlab.model_info("vit_base_patch16_224", in_chans=1)
+    assert grey["input_size"] == (1, 224, 224)
+    # Only the patch embedding changes: 768 x (3 - 1) x 16 x 16 weights and MACs per patch fewer.
+    assert info["params"] - grey["params"] == 768 * 2 * 256
+    assert round((info["gmacs"] - grey["gmacs"]) * 1e9) == 196 * 768 * 2 * 256
 
 
 def test_overrides_reach_the_constructor():

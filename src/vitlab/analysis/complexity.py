@@ -63,10 +63,10 @@ def model_info(name: str, **overrides: Any) -> dict[str, Any]:
     config = {**entry.config, **overrides}
     with torch.device("meta"):
         model = entry.builder(**config)
-    input_size = tuple(entry.preprocess.input_size)
+    input_size = (model.in_chans, *entry.preprocess.input_size[1:])  # in_chans=1 counts a grey input
     if "img_size" in overrides:
         size = overrides["img_size"]
-        input_size = (input_size[0], *((size, size) if isinstance(size, int) else size))
+        input_size = (model.in_chans, *((size, size) if isinstance(size, int) else size))
     return {
         "name": name,
         "params": count_params(model),
