@@ -80,3 +80,54 @@ def load_timm():
     except ImportError:
         return None
     return timm
+
+
+def add_timing_options(parser, batch_size: int) -> None:
+    """The options every vitlab-against-timm comparison takes."""
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--train-batch-size", type=int, default=batch_size)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating vitlab/timm measurements (median)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+
+
+def start_comparison(args, title: str):
+    """Sets the thread count, prints the set-up line and returns timm (None when not installed)."""
+    import platform
+
+    torch.set_num_threads(args.threads)
+    timm = load_timm()
+    print(
+        f"# {title}: torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"inference batch {args.batch_size}, training batch {args.train_batch_size}, "
+        + (f"timm {timm.__version__}" if timm else "timm not installed")
+    )
+    return timm
+
+
+def compare_with_timm(name: str, args, timm) -> list[tuple[str, str, str, str]]:
+    """(case, vitlab img/s, timm img/s, ratio) for inference fp32, bf16 autocast and a training step
+    of `name`, both libraries on timm's weights, measured in alternation."""
+    import vitlab
+    from vitlab.checkpoint import load_state_dict
+
+    torch.manual_seed(0)
+    ours = vitlab.create_model(name)
+    reference = None
+    if timm is not None:
+        reference = timm.create_model(name, pretrained=False)
+        load_state_dict(ours, reference.state_dict(), source=f"timm {name}")
+    batch = torch.randn(args.batch_size, 3, 224, 224)
+    train_batch = torch.randn(args.train_batch_size, 3, 224, 224)
+    timing = dict(warmup=args.warmup, repeats=args.repeats)
+    cases = [
+        ("inference fp32", lambda m: inference_throughput(m, batch, False, **timing)),
+        ("inference bf16 autocast", lambda m: inference_throughput(m, batch, True, **timing)),
+        ("train step fp32 (fwd+bwd+SGD)", lambda m: train_step_throughput(m, train_batch, **timing)),
+    ]
+    rows = []
+    for label, measure in cases:
+        a, b = alternate(measure, ours, reference, args.rounds)
+        rows.append((label, f"{a:.1f}", f"{b:.1f}" if b else "-", f"{a / b:.2f}x" if b else "-"))
+    return rows

@@ -13,13 +13,8 @@ alternation, `--rounds` times, and the median of the rounds is reported.
 from __future__ import annotations
 
 import argparse
-import platform
 
-import torch
-from common import alternate, inference_throughput, load_timm, print_table, train_step_throughput
-
-import vitlab
-from vitlab.checkpoint import load_state_dict
+from common import add_timing_options, compare_with_timm, print_table, start_comparison
 
 NAMES = ("pvt_v2_b0", "pvt_v2_b2")
 
@@ -27,39 +22,10 @@ NAMES = ("pvt_v2_b0", "pvt_v2_b2")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(NAMES))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-batch-size", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating vitlab/timm measurements (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_timing_options(parser, batch_size=8)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    timm = load_timm()
-    print(
-        f"# PVT v2: torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-        f"inference batch {args.batch_size}, training batch {args.train_batch_size}, "
-        + (f"timm {timm.__version__}" if timm else "timm not installed")
-    )
-    batch = torch.randn(args.batch_size, 3, 224, 224)
-    train_batch = torch.randn(args.train_batch_size, 3, 224, 224)
-    timing = dict(warmup=args.warmup, repeats=args.repeats)
-    cases = [
-        ("inference fp32", lambda m: inference_throughput(m, batch, False, **timing)),
-        ("inference bf16 autocast", lambda m: inference_throughput(m, batch, True, **timing)),
-        ("train step fp32 (fwd+bwd+SGD)", lambda m: train_step_throughput(m, train_batch, **timing)),
-    ]
-    rows = []
-    for name in args.models:
-        torch.manual_seed(0)
-        ours = vitlab.create_model(name)
-        reference = None
-        if timm is not None:
-            reference = timm.create_model(name, pretrained=False)
-            load_state_dict(ours, reference.state_dict(), source=f"timm {name}")
-        for label, measure in cases:
-            a, b = alternate(measure, ours, reference, args.rounds)
-            rows.append((name, label, f"{a:.1f}", f"{b:.1f}" if b else "-", f"{a / b:.2f}x" if b else "-"))
+    timm = start_comparison(args, "PVT v2")
+    rows = [(name, *row) for name in args.models for row in compare_with_timm(name, args, timm)]
     print_table(("model", "case", "vitlab img/s", "timm img/s", "vitlab / timm"), rows)
 
 
