@@ -4,7 +4,8 @@ ViT, DeiT (hard distillation from the CNN), ConViT, CeiT, T2T-ViT and HorNet, ea
 configuration of about 0.45M parameters (the registered `*_mini_28` variants), and a CNN of the
 same size, are trained on class-balanced subsets of the Fashion-MNIST training split with the
 same number of optimisation steps whatever the subset size (so a 1k subset is seen 10x as often
-as a 10k one), three seeds each. The seed draws the subset (the same images for every model with
+as a 10k one; `--max-steps` ends the last epoch early where the steps are not whole epochs), three
+seeds each. The seed draws the subset (the same images for every model with
 that seed) and the initialisation. 10% of the training split (6,000 images, never in a subset)
 validates each run once at its end; the official test split (10,000 images) is measured once, on
 the final weights. The DeiT student of a (size, seed) learns from the CNN trained on the same
@@ -54,12 +55,10 @@ def run_dir(out: Path, model: str, size: int, seed: int) -> Path:
 
 
 def command(args: argparse.Namespace, model: str, size: int, seed: int) -> list[str]:
-    epochs = args.steps * args.batch_size // size
-    if epochs * size != args.steps * args.batch_size:
-        raise SystemExit(f"{args.steps} steps of {args.batch_size} images are not whole epochs of {size} images")
+    epochs = -(-args.steps * args.batch_size // size)  # the last one cut short by --max-steps
     cmd = [sys.executable, "-m", "vitlab", "--threads", "1", "train", "--model", model, *RECIPE]
     cmd += ["--data-dir", args.data_dir, "--train-images", str(size), "--seed", str(seed)]
-    cmd += ["--batch-size", str(args.batch_size), "--epochs", str(epochs), "--val-every", str(epochs)]
+    cmd += ["--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--val-every", str(epochs)]
     cmd += ["--output", str(run_dir(args.output, model, size, seed)), "--resume"]
     if model == "deit_mini_28":
         teacher = run_dir(args.output, TEACHER, size, seed) / "model.safetensors"
@@ -148,7 +147,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/data-efficiency"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600, help="optimisation steps of every run")
+    parser.add_argument("--steps", type=int, default=250, help="optimisation steps of every run")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--models", nargs="+", default=list(MODELS.values()), help="registered names")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded)")

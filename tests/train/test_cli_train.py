@@ -3,6 +3,7 @@ mixed precision, NaN handling, and every bad input named in a clear error before
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -308,6 +309,35 @@ def test_val_every_validates_on_schedule_and_leaves_the_weights_alone(tmp_path, 
     )
     assert all(torch.equal(expected[k], actual[k]) for k in expected)  # validating draws no random numbers
     assert (tmp_path / "third" / "curves.png").stat().st_size > 0
+
+
+def test_max_steps_stops_inside_an_epoch_and_schedules_over_the_steps(tmp_path, monkeypatch):
+    from vitlab.train import loop
+
+    data = write_mnist(tmp_path / "data", train=32, test=16)  # batch 16: 2 steps an epoch
+    rates = []
+    real = loop.optimizer_step
+
+    def record(run, batches, lr):
+        rates.append(lr)
+        return real(run, batches, lr)
+
+    monkeypatch.setattr(loop, "optimizer_step", record)
+    assert main(train_args(data, tmp_path / "cut", "--max-steps", "5", "--min-lr", "0", epochs=9)) == 0
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert (summary["epochs"], summary["steps"], len(rates)) == (3, 5, 5)  # 2 + 2 + 1 steps
+    with open(tmp_path / "cut" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[-1]["val_top1"]  # the cut epoch is the last, validated
+    # Warmup of half an epoch (1 step) from 1e-6, then a cosine from 1e-2 to 0 over the other 4 steps.
+    expected = [1e-6] + [0.5e-2 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert rates == pytest.approx(expected, rel=1e-9)
+    rates.clear()
+    assert main(train_args(data, tmp_path / "whole", "--max-steps", "4", epochs=9)) == 0
+    assert main(train_args(data, tmp_path / "epochs", epochs=2)) == 0
+    assert rates[:4] == rates[4:]  # max_steps of whole epochs is those epochs
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "epochs" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_on_a_directory_without_a_checkpoint_starts_the_run(tmp_path, capsys):

@@ -45,8 +45,18 @@ def test_the_defaults_suit_a_short_run_at_any_batch():
     demo data, 10 epochs reached 74.0% at batch 16 (the former linear rule with 5 warmup epochs: 58.4%)."""
     assert TrainConfig(batch_size=16).effective_lr() == pytest.approx(5e-4)
     assert TrainConfig(batch_size=64).effective_lr() == pytest.approx(1e-3)
-    assert TrainConfig(epochs=10).effective_warmup_epochs() == pytest.approx(0.5)
-    assert TrainConfig(epochs=300, warmup_epochs=5).effective_warmup_epochs() == 5
+    assert TrainConfig(epochs=10).warmup_steps(steps_per_epoch=20) == 10  # half an epoch of 20 steps
+    assert TrainConfig(epochs=300, warmup_epochs=5).warmup_steps(steps_per_epoch=20) == 100
+    assert TrainConfig(max_steps=300).warmup_steps(steps_per_epoch=20) == 15  # 5% of the steps, not of epochs
+
+
+def test_max_steps_overrides_epochs_and_cuts_the_last_epoch():
+    config = TrainConfig(epochs=10, max_steps=50)
+    assert (config.total_steps(20), config.num_epochs(20)) == (50, 3)  # 20 + 20 + 10
+    assert (config.total_steps(25), config.num_epochs(25)) == (50, 2)
+    assert TrainConfig(epochs=10).total_steps(20) == 200
+    with pytest.raises(ConfigError, match="max_steps must be at least 1"):
+        make_config({"max_steps": 0})
 
 
 def test_optional_options_take_the_type_of_their_annotation():

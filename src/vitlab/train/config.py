@@ -40,6 +40,9 @@ class TrainConfig:
     # DeiT recipe scales linearly (5e-4 at 512).
     seed: int = 0
     epochs: int = 10
+    max_steps: int | None = (
+        None  # stop after this many optimiser steps (cutting the last epoch short); overrides epochs
+    )
     batch_size: int = 128  # images per optimiser step, over all processes and accumulation steps
     accum_steps: int = 1
     lr: float = 2e-3
@@ -96,8 +99,19 @@ class TrainConfig:
         ratio = self.batch_size / self.lr_base_batch
         return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
-    def effective_warmup_epochs(self) -> float:
-        return 0.05 * self.epochs if self.warmup_epochs is None else self.warmup_epochs
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the whole run: `max_steps`, or `epochs` whole epochs."""
+        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
+
+    def num_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs the run starts (the last one partly, when `max_steps` cuts it)."""
+        return -(-self.total_steps(steps_per_epoch) // steps_per_epoch)
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Steps of linear warmup: `warmup_epochs` epochs, by default 5% of the run."""
+        if self.warmup_epochs is None:
+            return round(0.05 * self.total_steps(steps_per_epoch))
+        return round(self.warmup_epochs * steps_per_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -176,7 +190,7 @@ def validate(config: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ConfigError(f"option {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    positive = ["epochs", "batch_size", "accum_steps", "repeated_aug", "val_every", "train_images"]
+    positive = ["epochs", "max_steps", "batch_size", "accum_steps", "repeated_aug", "val_every", "train_images"]
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"option {name} must be at least 1, got {getattr(config, name)}")

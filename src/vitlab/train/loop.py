@@ -58,10 +58,18 @@ class Run:
     def lr(self) -> float:
         return self.config.effective_lr()
 
+    @property
+    def epochs(self) -> int:
+        return self.config.num_epochs(self.steps_per_epoch)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimiser steps of `epoch`: all of them but in a last epoch that `max_steps` cuts short."""
+        return min(self.steps_per_epoch, self.config.total_steps(self.steps_per_epoch) - epoch * self.steps_per_epoch)
+
     def learning_rate(self, global_step: int) -> float:
         config, steps = self.config, self.steps_per_epoch
-        warmup = round(config.effective_warmup_epochs() * steps)
-        return cosine_lr(global_step, config.epochs * steps, warmup, self.lr, config.min_lr, config.warmup_lr)
+        total, warmup = config.total_steps(steps), config.warmup_steps(steps)
+        return cosine_lr(global_step, total, warmup, self.lr, config.min_lr, config.warmup_lr)
 
 
 def fit(run: Run) -> None:
@@ -69,11 +77,11 @@ def fit(run: Run) -> None:
     every `val_every` epochs and after the last."""
     state = run.state
     run.mark = time.perf_counter()
-    while state.epoch < run.config.epochs:
+    while state.epoch < run.epochs:
         began = time.perf_counter()
         lr = train_epoch(run)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": state.loss_sum / max(state.loss_steps, 1)}
-        if (state.epoch + 1) % run.config.val_every == 0 or state.epoch + 1 == run.config.epochs:
+        if (state.epoch + 1) % run.config.val_every == 0 or state.epoch + 1 == run.epochs:
             row.update(validate(run))
         run.charge_time()
         row["seconds"] = round(time.perf_counter() - began, 2)
@@ -82,7 +90,7 @@ def fit(run: Run) -> None:
         write_checkpoint(run)
         if run.info.main:
             run.rundir.write_metrics(state.history)
-            run.log(epoch_line(row, run.config.epochs))
+            run.log(epoch_line(row, run.epochs))
 
 
 def train_epoch(run: Run) -> float:
@@ -103,7 +111,8 @@ def train_epoch(run: Run) -> float:
     )
     bar = progress_bar(run)
     lr = run.learning_rate(state.epoch * run.steps_per_epoch + state.step)
-    while state.step < run.steps_per_epoch:
+    steps = run.steps_in_epoch(state.epoch)
+    while state.step < steps:
         lr = run.learning_rate(state.epoch * run.steps_per_epoch + state.step)
         loss = optimizer_step(run, batches, lr)
         state.step, state.loss_sum, state.loss_steps = state.step + 1, state.loss_sum + loss, state.loss_steps + 1
@@ -111,7 +120,7 @@ def train_epoch(run: Run) -> float:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update()
         every = config.checkpoint_every
-        if every and state.step % every == 0 and state.step < run.steps_per_epoch:
+        if every and state.step % every == 0 and state.step < steps:
             run.charge_time()
             write_checkpoint(run)
     if bar is not None:
@@ -201,5 +210,5 @@ def progress_bar(run: Run):
         return None
     from tqdm import tqdm
 
-    epoch = f"epoch {run.state.epoch + 1}/{run.config.epochs}"
-    return tqdm(total=run.steps_per_epoch, initial=run.state.step, desc=epoch, leave=False)
+    epoch = f"epoch {run.state.epoch + 1}/{run.epochs}"
+    return tqdm(total=run.steps_in_epoch(run.state.epoch), initial=run.state.step, desc=epoch, leave=False)

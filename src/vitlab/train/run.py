@@ -97,10 +97,17 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
         rundir.path.mkdir(parents=True, exist_ok=True)
         rundir.write_config(config)
         log(describe(run, amp))
-    if config.effective_warmup_epochs() > 0.5 * config.epochs:
+    steps = run.steps_per_epoch
+    warmup, total = config.warmup_steps(steps), config.total_steps(steps)
+    if warmup > 0.5 * total:
+        span = (
+            f"{warmup / steps:g} epochs) covers most of the {config.epochs}-epoch run"
+            if config.max_steps is None
+            else f"{warmup} steps) covers most of the {total}-step run"
+        )
         warnings.warn(
-            f"the learning-rate warmup ({config.effective_warmup_epochs():g} epochs) covers most of the "
-            f"{config.epochs}-epoch run: the rate peaks late and the run barely trains at it; lower --warmup-epochs",
+            f"the learning-rate warmup ({span}: the rate peaks late and the run barely trains at it; "
+            "lower --warmup-epochs",
             stacklevel=2,
         )
     return run
@@ -127,7 +134,7 @@ def saved_checkpoint(rundir: RunDir, config: TrainConfig, resume: bool, log) -> 
     changed = [
         f"{k} (run: {getattr(saved, k)!r}, now: {getattr(config, k)!r})"
         for k in saved.to_dict()
-        if k not in RESUMABLE_CHANGES and k != "epochs" and getattr(saved, k) != getattr(config, k)
+        if k not in RESUMABLE_CHANGES and k not in ("epochs", "max_steps") and getattr(saved, k) != getattr(config, k)
     ]
     if changed:
         raise ConfigError(f"cannot resume {rundir} with other settings: {'; '.join(changed)}")
@@ -137,11 +144,13 @@ def saved_checkpoint(rundir: RunDir, config: TrainConfig, resume: bool, log) -> 
 def describe(run: Run, amp: str) -> str:
     config, data, info = run.config, run.data, run.info
     params = sum(p.numel() for p in run.state.model.parameters())
+    total = config.total_steps(run.steps_per_epoch)
+    cut = f" ({total} steps in all)" if total != run.epochs * run.steps_per_epoch else ""
     lines = [
         f"training {config.model} ({params / 1e6:.2f}M params) on {data.name}: {len(data.train)} train / "
-        f"{len(data.val)} val images, {len(data.classes)} classes, {config.epochs} epochs of {run.steps_per_epoch} "
-        f"steps, batch {config.batch_size}, lr {config.effective_lr():.3g} (warmup "
-        f"{config.effective_warmup_epochs():g} epochs), {info.world_size} process(es) on "
+        f"{len(data.val)} val images, {len(data.classes)} classes, {run.epochs} epochs of {run.steps_per_epoch} "
+        f"steps{cut}, batch {config.batch_size}, lr {config.effective_lr():.3g} (warmup "
+        f"{config.warmup_steps(run.steps_per_epoch)} steps), {info.world_size} process(es) on "
         f"{info.device.type}, precision {'float32' if amp == 'none' else amp}"
     ]
     return "\n".join(lines + [f"note: {note}" for note in data.notes])
@@ -166,7 +175,8 @@ def finish(run: Run) -> dict[str, Any]:
         "test_top5": test["top5"],
         "best_val_top1": state.best_val,
         "val_is_test": data.test is data.val,
-        "epochs": config.epochs,
+        "epochs": run.epochs,
+        "steps": config.total_steps(run.steps_per_epoch),
         "train_seconds": round(state.train_seconds, 2),
         "params": sum(p.numel() for p in state.model.parameters()),
         "num_classes": len(data.classes),
