@@ -243,8 +243,10 @@ class SETR(SegmentationModel):
         return tuple(i % levels for i in indices)
 
     def unused_parameter_names(self) -> list[str]:
-        """Parameters no forward pass uses, kept so the released checkpoints load strictly (`conv_seg`)."""
-        return [name for name, _ in self.named_parameters() if ".conv_seg." in name]
+        """Parameters no forward pass uses, kept so the released checkpoints load strictly: `conv_seg`, and
+        for MLA over a ViT the class (and distillation) token, which the official encoder drops."""
+        tokens = ("backbone.cls_token", "backbone.dist_token") if getattr(self, "drop_prefix_before_blocks", 0) else ()
+        return [name for name, _ in self.named_parameters() if ".conv_seg." in name or name in tokens]
 
     def _features(self, x: Tensor, levels: Sequence[int]) -> dict[int, Tensor]:
         """NCHW maps of the encoder `levels` (for a ViT: the patch tokens after those blocks, not normalised)."""
