@@ -83,7 +83,7 @@ def pattern(key: str) -> str:
 def test_full_size_keys_are_the_official_keys(decoder):
     """The official code's key names (the fixture, made by it) are those of the full-size model, and the
     shapes are the released checkpoints' (ViT-L/16 at 768, 19 classes, channels 256 and 512)."""
-    fixture = next(p for p in FIXTURES if p.name.startswith(f"setr_{decoder}_vit_large_768"))
+    fixture = next(p for p in FIXTURES if p.name.startswith(f"setr_{decoder}_vit_large_768-official"))
     official = {pattern(k) for k in read_fixture(fixture)[1]}
     with torch.device("meta"):
         model = vitlab.create_model(f"setr_{decoder}_vit_large_768")
@@ -111,10 +111,18 @@ def test_full_size_keys_are_the_official_keys(decoder):
 
 def test_a_checkpoint_of_another_decoder_is_refused_with_the_keys_named():
     naive = read_fixture(next(p for p in FIXTURES if "naive" in p.name))[1]
-    kwargs = json.loads(read_fixture(next(p for p in FIXTURES if "pup_vit_large_768" in p.name))[0]["kwargs"])
+    kwargs = json.loads(read_fixture(next(p for p in FIXTURES if "pup_vit_large_768-official" in p.name))[0]["kwargs"])
     pup = vitlab.create_model("setr_pup_vit_large_768", **kwargs)
     with pytest.raises(CheckpointError, match=r"missing keys .*decode_head\.conv_2\.weight"):
         load_state_dict(pup, naive, source="naive.safetensors")
+
+
+def test_an_mmseg_checkpoint_converts_into_pup_only():
+    meta, state, _, _ = read_fixture(next(p for p in FIXTURES if "-mmseg-" in p.name))
+    assert any(k.startswith("backbone.layers.0.attn.attn.in_proj") for k in state)
+    naive = vitlab.create_model("setr_naive_vit_large_768", **json.loads(meta["kwargs"]))
+    with pytest.raises(ValueError, match="converts into the PUP decoder, not 'naive'"):
+        load_state_dict(naive, state)
 
 
 def test_naive_and_pup_over_a_pyramid_backbone():
