@@ -147,3 +147,17 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_saves_less(name):
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-6, msg=key)
     assert saved_checkpointed < saved_plain
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_capture_attention_records_every_attention_layer_and_leaves_the_logits(name):
+    model = tiny(name).eval()
+    x = images((37, 53))
+    with torch.no_grad():
+        plain = model(x)
+        with vitlab.capture_attention(model) as maps:
+            captured = model(x)
+    torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-6)
+    assert maps and all(len(probs) == 1 for probs in maps.values()), f"{name}: a layer recorded nothing"
+    for probs in maps.values():
+        torch.testing.assert_close(probs[0].sum(-1), torch.ones_like(probs[0].sum(-1)))

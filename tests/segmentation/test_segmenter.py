@@ -80,3 +80,12 @@ def test_a_checkpoint_of_the_other_decoder_is_refused_with_the_keys_named():
     mask = vitlab.create_model("segmenter_tiny_mask", **json.loads(meta["kwargs"]))
     with pytest.raises(CheckpointError, match=r"missing keys .*decode_head\.cls_emb.*\n.*unexpected keys .*head"):
         load_state_dict(mask, linear_state, source="linear.pth")
+
+
+def test_the_mask_transformer_attends_over_patches_and_class_embeddings_jointly():
+    model = vitlab.create_model("segmenter_tiny_mask", num_classes=4, **get_entry("segmenter_tiny_mask").tiny).eval()
+    with torch.no_grad(), vitlab.capture_attention(model) as maps:
+        model(torch.randn(1, 3, 48, 32))
+    patches, classes = 3 * 2, 4
+    assert maps["decode_head.blocks.1.attn"][0].shape[-2:] == (patches + classes, patches + classes)
+    assert maps["backbone.blocks.0.attn"][0].shape[-1] == 1 + patches  # the encoder's class token, then patches
