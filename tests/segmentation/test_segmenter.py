@@ -89,3 +89,12 @@ def test_the_mask_transformer_attends_over_patches_and_class_embeddings_jointly(
     patches, classes = 3 * 2, 4
     assert maps["decode_head.blocks.1.attn"][0].shape[-2:] == (patches + classes, patches + classes)
     assert maps["backbone.blocks.0.attn"][0].shape[-1] == 1 + patches  # the encoder's class token, then patches
+
+
+def test_a_release_file_loads_through_create_model(tmp_path):
+    """The release's checkpoint.pth holds the weights under `model`, beside training state."""
+    meta, state, inputs, expected = read_fixture(FIXTURES / "segmenter_tiny_mask-official.safetensors")
+    torch.save({"model": state, "n_cls": 4, "epoch": 63}, tmp_path / "checkpoint.pth")
+    model = vitlab.create_model(meta["model"], pretrained=tmp_path / "checkpoint.pth", **json.loads(meta["kwargs"]))
+    with torch.no_grad():
+        torch.testing.assert_close(model.double().eval()(inputs.double()), expected, rtol=1e-8, atol=1e-10)

@@ -145,3 +145,14 @@ def test_mla_over_a_vit_keeps_the_class_token_out_of_the_blocks():
         model.backbone.cls_token.add_(10.0)
         assert torch.equal(model(x), before)
     assert "backbone.cls_token" in model.unused_parameter_names()
+
+
+def test_an_mmcv_era_file_loads_through_create_model(tmp_path):
+    """The release's files nest the weights under `state_dict`, beside mmcv's `meta`."""
+    path = next(p for p in FIXTURES if p.name.startswith("setr_mla_vit_large_768-official"))
+    meta, state, inputs, expected = read_fixture(path)
+    torch.save({"meta": {"mmseg_version": "0.6.0+1361561", "CLASSES": ("road", "sidewalk")}, "state_dict": state},
+               tmp_path / "setr_mla.pth")  # fmt: skip
+    model = vitlab.create_model(meta["model"], pretrained=tmp_path / "setr_mla.pth", **json.loads(meta["kwargs"]))
+    with torch.no_grad():
+        assert max_rel_error(model.double().eval()(inputs.double()), expected) < 1e-8
