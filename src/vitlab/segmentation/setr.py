@@ -208,13 +208,13 @@ class SETR(SegmentationModel):
             self.backbone.norm = nn.Identity()  # SETR's encoder ends with the last block
         info = self.backbone.feature_info
         depth = len(info)
+        self.drop_prefix_before_blocks = decoder == "mla" and is_vit  # the official VIT_MLA encoder
         if decoder == "mla":
             default = scaled_layers(VIT_L_LAYERS["mla"], depth) if is_vit else self.backbone.default_out_indices
             self.mla_indices = self._levels(mla_indices if mla_indices is not None else default)
             if len({info[i]["reduction"] for i in self.mla_indices}) != 1:
                 strides = [info[i]["reduction"] for i in self.mla_indices]
                 raise ValueError(f"SETR MLA sums maps of one stride: levels {self.mla_indices} have strides {strides}")
-            self.drop_prefix_before_blocks = is_vit
             self.neck = MLANeck([info[i]["num_chs"] for i in self.mla_indices], mla_channels)
             self.decode_head = SETRMLAHead(num_classes, mla_channels, mla_head_channels)
             aux = [SETRMLAAuxHead(num_classes, mla_channels, i) for i in range(4)] if auxiliary else []
@@ -245,12 +245,12 @@ class SETR(SegmentationModel):
     def unused_parameter_names(self) -> list[str]:
         """Parameters no forward pass uses, kept so the released checkpoints load strictly: `conv_seg`, and
         for MLA over a ViT the class (and distillation) token, which the official encoder drops."""
-        tokens = ("backbone.cls_token", "backbone.dist_token") if getattr(self, "drop_prefix_before_blocks", 0) else ()
+        tokens = ("backbone.cls_token", "backbone.dist_token") if self.drop_prefix_before_blocks else ()
         return [name for name, _ in self.named_parameters() if ".conv_seg." in name or name in tokens]
 
     def _features(self, x: Tensor, levels: Sequence[int]) -> dict[int, Tensor]:
         """NCHW maps of the encoder `levels` (for a ViT: the patch tokens after those blocks, not normalised)."""
-        if self.decoder == "mla" and self.drop_prefix_before_blocks:
+        if self.drop_prefix_before_blocks:
             vit = self.backbone
             tokens, (h, w) = vit.embed(x)
             tokens = tokens[:, vit.num_prefix_tokens :]  # official VIT_MLA: the class token never enters a block
