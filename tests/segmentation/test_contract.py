@@ -32,7 +32,7 @@ def images(size=(64, 64), batch: int = 2, dtype=torch.float32) -> torch.Tensor:
 
 
 def unused(model: nn.Module) -> set[str]:
-    return set(getattr(model, "unused_parameter_names", list)())
+    return set(model.unused_parameter_names())
 
 
 def has_auxiliary_heads(model: SegmentationModel) -> bool:

@@ -71,6 +71,11 @@ class SegmentationModel(nn.Module):
         """Parameters outside the encoder (decoders), which recipes train with a larger learning rate."""
         return [name for name, _ in self.named_parameters() if not name.startswith("backbone.")]
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters the forward pass never uses, kept so that the released checkpoints load strictly
+        (a classifier the encoder was pre-trained with, a head layer the release carries unused)."""
+        return []
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         setter = getattr(self.backbone, "set_grad_checkpointing", None)
         if setter is not None:
