@@ -22,7 +22,7 @@ convolution (`linear_pred`). Names are the official release's, so its head loads
 
 The head takes any backbone that offers multi-scale features: `create_model("segformer_b0",
 backbone="swin_tiny_patch4_window7_224", backbone_args=...)` reads channels and strides from the
-backbone's `feature_info` (its `default_out_indices` levels, or `out_indices`).
+backbone's `feature_info` (its `default_out_indices` levels, or `feature_levels`).
 """
 
 from __future__ import annotations
@@ -126,18 +126,23 @@ class SegFormer(SegmentationModel):
         img_size: int | tuple[int, int] = 512,
         drop_path_rate: float = 0.1,
         backbone_args: dict[str, Any] | None = None,
-        out_indices: Sequence[int] | None = None,
+        feature_levels: Sequence[int] | None = None,
     ):
         super().__init__(num_classes, in_chans)
         args = {**dict(in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate), **(backbone_args or {})}
         self.backbone = build_backbone(backbone, **args) if isinstance(backbone, str) else build_backbone(backbone)
-        self.out_indices = tuple(self.backbone.default_out_indices if out_indices is None else out_indices)
-        levels = [self.backbone.feature_info[i] for i in self.out_indices]
+        self.feature_levels = tuple(self.backbone.default_out_indices if feature_levels is None else feature_levels)
+        levels = [self.backbone.feature_info[i] for i in self.feature_levels]
         self.decode_head = AllMLPHead([level["num_chs"] for level in levels], num_classes, decoder_dim, dropout)
         self.output_stride = levels[0]["reduction"]
         self.min_input_size = getattr(self.backbone, "min_input_size", 1)
         self.input_conv = f"backbone.{self.backbone.input_conv}" if hasattr(self.backbone, "input_conv") else None
         self._init_head()
+
+    @property
+    def classifier_keys(self) -> tuple[str, ...]:
+        """The per-class layer, which fine-tuning on another label set re-initialises (ADE20K -> Cityscapes)."""
+        return ("decode_head.linear_pred",)
 
     @torch.no_grad()
     def _init_head(self) -> None:
@@ -148,7 +153,7 @@ class SegFormer(SegmentationModel):
 
     def forward_logits(self, x: Tensor) -> SegmentationOutput:
         self.check_input(x)
-        return SegmentationOutput(self.decode_head(self.backbone.forward_intermediates(x, self.out_indices)))
+        return SegmentationOutput(self.decode_head(self.backbone.forward_intermediates(x, self.feature_levels)))
 
 
 _REFERENCE = "SegFormer: Xie et al. 2021 (NVlabs/SegFormer, mix_transformer.py and segformer_head.py; HF Segformer)"
