@@ -66,7 +66,9 @@ class LinearEmbed(nn.Module):
         self.proj = nn.Linear(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # A contiguous NCHW result: a channels-last one would carry its layout through the upsampling,
+        # the fuse layer and the classifier into the loss, whose softmax over channels then copies it.
+        return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 class ConvBNReLU(nn.Module):
