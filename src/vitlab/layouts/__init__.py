@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
-FAMILY_MODULES = ("vit", "swin", "pvt", "setr", "segmenter")  # vitlab.layouts.<name>, imported on first use
+FAMILY_MODULES = ("vit", "swin", "pvt", "setr", "segmenter", "segformer")  # vitlab.layouts.<name>, imported on first use
 
 
 @dataclass(frozen=True)
