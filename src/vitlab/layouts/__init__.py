@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
-FAMILY_MODULES = ("vit", "swin", "pvt")  # vitlab.layouts.<name>, imported on first use
+FAMILY_MODULES = ("vit", "swin", "pvt", "seq2seq")  # vitlab.layouts.<name>, imported on first use
 
 
 @dataclass(frozen=True)
