@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+EXAMPLE_LENGTH = 32  # source and target tokens of the sentence pair MACs are counted on (a WMT sentence is ~30)
 
 
 @dataclass
@@ -52,12 +53,13 @@ def causal_mask(length: int, device: torch.device | None = None, offset: int = 0
     return keys <= queries
 
 
-def attention_mask(padding: Tensor | None, queries: int, causal_offset: int | None = None) -> Tensor | None:
+def attention_mask(
+    padding: Tensor | None, queries: int, causal_offset: int | None = None, device: torch.device | None = None
+) -> Tensor | None:
     """The bool mask `attend()` takes (True: may attend), (batch or 1, 1, queries, keys), from a key
     padding mask (True at padding) and, when `causal_offset` is given, the causal mask."""
     mask = None
     if causal_offset is not None:
-        device = padding.device if padding is not None else None
         mask = causal_mask(queries, device, causal_offset)[None, None]
     if padding is not None:
         keep = ~padding[:, None, None, :]
@@ -129,7 +131,8 @@ class Seq2SeqModel(nn.Module):
 
     @property
     def example_size(self) -> tuple[int, ...]:
-        """The sizes `example_inputs` uses, as `model_info` reports them."""
+        """The sizes `example_inputs` uses, as `model_info` reports them: (1, source length, target
+        length) for token models, the image's (channels, height, width) for image-to-sequence."""
         raise NotImplementedError
 
 

@@ -34,11 +34,11 @@ def reorder_cache(cache: Any, index: Tensor) -> Any:
 
 
 def _default_max_len(model: Seq2SeqModel, src: Tensor, max_len: int | None) -> int:
+    limit = model.max_target_len  # emitting max_len tokens feeds the decoder BOS and max_len - 1 of them
     if max_len is None:
-        max_len = model.max_target_len - 1 if model.max_target_len else 2 * src.shape[1] + 10
-    limit = model.max_target_len
-    if limit is not None and max_len > limit - 1:
-        raise ValueError(f"max_len {max_len} needs {max_len + 1} target positions; the model has {limit}")
+        max_len = limit if limit else 2 * src.shape[-1] + 10
+    if limit is not None and max_len > limit:
+        raise ValueError(f"max_len {max_len} needs {max_len} target positions; the model's table has {limit}")
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
     return max_len

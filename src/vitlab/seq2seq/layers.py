@@ -67,7 +67,7 @@ class EncoderDecoderAttention(AttentionLayer):
                 state["k"], state["v"] = k, v
         q = self._heads(self.q(x))
         offset = k.shape[2] - q.shape[2] if causal else None
-        mask = attention_mask(padding, q.shape[2], offset)
+        mask = attention_mask(padding, q.shape[2], offset, q.device)
         dropout = self.attn_dropout if self.training else 0.0
         out = attend(q, k, v, bias=mask, dropout_p=dropout, store=self.attention_store)
         return self.proj(out.transpose(1, 2).flatten(2))

@@ -23,11 +23,12 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers.position import sinusoidal_1d
 from vitlab.registry import Preprocess, register_model
-from vitlab.seq2seq.base import PAD, Memory, Seq2SeqModel, check_padding, check_tokens
+from vitlab.seq2seq.base import EXAMPLE_LENGTH, PAD, Memory, Seq2SeqModel, check_padding, check_tokens
 from vitlab.seq2seq.layers import EncoderDecoder, TransformerDecoder
 
 POSITIONS = ("sinusoidal", "learned")
@@ -55,7 +56,7 @@ class PositionalEncoding(nn.Module):
                     f"{self.name} of length {end} is longer than the learned position table ({self.max_len} "
                     f"positions): pass max_len >= {end} when building the model, or use sinusoidal positions"
                 )
-            return self.weight[offset:end]
+            return F.embedding(torch.arange(offset, end, device=self.weight.device), self.weight)  # not a view
         table = self.table if end <= self.max_len else sinusoidal_1d(end, self.dim).to(self.table.device)
         return table[offset:end]
 
@@ -175,16 +176,15 @@ class TransformerSeq2Seq(Seq2SeqModel):
 
     def example_inputs(self, batch: int = 1) -> tuple[Tensor, ...]:
         device = next(self.parameters()).device
-        src_len, tgt_len = self.example_size
+        _, src_len, tgt_len = self.example_size
         return (torch.full((batch, src_len), 3, dtype=torch.long, device=device),
                 torch.full((batch, tgt_len), 3, dtype=torch.long, device=device))  # fmt: skip
 
     @property
     def example_size(self) -> tuple[int, ...]:
-        return (EXAMPLE_LENGTH, EXAMPLE_LENGTH)
+        return (1, EXAMPLE_LENGTH, EXAMPLE_LENGTH)
 
 
-EXAMPLE_LENGTH = 32  # source and target tokens of one sentence when MACs are counted (a WMT sentence is ~30)
 TRANSFORMER = "Transformer: Vaswani et al. 2017, Attention Is All You Need (Table 3)"
 TOKENS = Preprocess(input_size=(1, EXAMPLE_LENGTH, EXAMPLE_LENGTH), mean=(0.0,), std=(1.0,), crop_pct=1.0)
 _TINY = dict(src_vocab_size=11, d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, ffn_dim=32)
