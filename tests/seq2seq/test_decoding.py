@@ -105,7 +105,9 @@ def test_the_cached_decoder_gives_exactly_the_outputs_of_the_uncached_one(name, 
     # Equal to float64 rounding (one-row and many-row matrix products round differently, ~1e-16); the
     # decoded tokens are identical.
     assert torch.allclose(steps, full, rtol=0, atol=1e-12), (steps - full).abs().max()
-    assert torch.equal(greedy_decode(model, src, max_len=length), greedy_decode(model, src, max_len=length, use_cache=False))
+    assert torch.equal(
+        greedy_decode(model, src, max_len=length), greedy_decode(model, src, max_len=length, use_cache=False)
+    )
     cached = beam_search(model, src, beam_size=3, max_len=length)
     uncached = beam_search(model, src, beam_size=3, max_len=length, use_cache=False)
     assert [h.tokens for h in cached] == [h.tokens for h in uncached]

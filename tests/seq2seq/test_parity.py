@@ -40,10 +40,10 @@ def reference_transformer(norm_first: bool) -> nn.Transformer:
 def run_reference(ref: nn.Transformer, src, tgt, src_pad, tgt_pad) -> torch.Tensor:
     causal = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], dtype=torch.float64)
     # Gradients on: the reference takes its plain path (its inference fast path zeroes padded positions).
+    src_mask, tgt_mask = (p.double().masked_fill(p, -torch.inf) for p in (src_pad, tgt_pad))  # as float masks
     with torch.enable_grad():
-        out = ref(src, tgt, tgt_mask=causal, src_key_padding_mask=src_pad.double().masked_fill(src_pad, -torch.inf),
-                  tgt_key_padding_mask=tgt_pad.double().masked_fill(tgt_pad, -torch.inf),
-                  memory_key_padding_mask=src_pad.double().masked_fill(src_pad, -torch.inf), tgt_is_causal=True)  # fmt: skip
+        out = ref(src, tgt, tgt_mask=causal, src_key_padding_mask=src_mask, tgt_key_padding_mask=tgt_mask,
+                  memory_key_padding_mask=src_mask, tgt_is_causal=True)  # fmt: skip
     return out.detach()
 
 
@@ -93,8 +93,9 @@ def attention_pair(seed: int = 0) -> tuple[nn.MultiheadAttention, EncoderDecoder
     nn.init.normal_(ref.out_proj.bias, std=0.3)
     ours = EncoderDecoderAttention(16, 4).double()
     w, b = ref.in_proj_weight.detach(), ref.in_proj_bias.detach()
+    out_w, out_b = ref.out_proj.weight.detach(), ref.out_proj.bias.detach()
     ours.load_state_dict({"q.weight": w[:16], "q.bias": b[:16], "kv.weight": w[16:], "kv.bias": b[16:],
-                          "proj.weight": ref.out_proj.weight.detach(), "proj.bias": ref.out_proj.bias.detach()})  # fmt: skip
+                          "proj.weight": out_w, "proj.bias": out_b})  # fmt: skip
     return ref, ours
 
 

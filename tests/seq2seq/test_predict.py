@@ -1,6 +1,5 @@
 """`vitlab predict` on a strip: the labels, and the decoder's cross-attention drawn over the strip."""
 
-
 import numpy as np
 import torch
 from PIL import Image
@@ -33,7 +32,9 @@ def test_predict_prints_the_labels_and_draws_the_cross_attention(tmp_path, capsy
 
 def test_predict_refuses_a_strip_wider_than_the_model_reads(tmp_path, capsys):
     args = {**TINY_STRIPS, "patch_size": 7, "img_size": 28, "num_classes": 10}
-    RunDir(tmp_path).write_weights(create_model("image_to_sequence_vit", **args).state_dict(), [], "image_to_sequence_vit", args)
+    RunDir(tmp_path).write_weights(
+        create_model("image_to_sequence_vit", **args).state_dict(), [], "image_to_sequence_vit", args
+    )
     strip = tmp_path / "wide.png"
     Image.fromarray(np.zeros((28, 200), dtype=np.uint8)).save(strip)
     assert main(["predict", "--checkpoint", str(tmp_path / "model.safetensors"), str(strip)]) == 2

@@ -66,8 +66,9 @@ def model_info(name: str, **overrides: Any) -> dict[str, Any]:
     with torch.device("meta"):
         model = entry.builder(**config)
     if entry.task == "sequence-to-sequence":  # a source and a target of the sizes the model states
-        return {"name": name, "params": count_params(model), "gmacs": count_macs(model, inputs=model.example_inputs()) / 1e9,
-                "input_size": model.example_size, "reference": entry.reference, "paper": dict(entry.paper)}  # fmt: skip
+        gmacs = count_macs(model, inputs=model.example_inputs()) / 1e9
+        return {"name": name, "params": count_params(model), "gmacs": gmacs, "input_size": model.example_size,
+                "reference": entry.reference, "paper": dict(entry.paper)}  # fmt: skip
     input_size = (model.in_chans, *entry.preprocess.input_size[1:])  # in_chans=1 counts a grey input
     if "img_size" in overrides:
         size = overrides["img_size"]

@@ -30,7 +30,9 @@ def convert_torch_transformer(state_dict: StateDict, model: nn.Module) -> StateD
     """nn.Transformer names -> vitlab's; everything else (embeddings, a generator) is left as it is."""
     out: StateDict = {}
     for key, value in state_dict.items():
-        match = re.match(_LAYER + r"(self_attn|multihead_attn)\.(in_proj_weight|in_proj_bias|out_proj\.(weight|bias))$", key)
+        match = re.match(
+            _LAYER + r"(self_attn|multihead_attn)\.(in_proj_weight|in_proj_bias|out_proj\.(weight|bias))$", key
+        )
         if match:
             layer, attn, part = match.group(1), match.group(2), match.group(3)
             attn = "cross_attn" if attn == "multihead_attn" else "self_attn"

@@ -78,7 +78,9 @@ def check_tokens(tokens: Tensor, vocab_size: int, name: str) -> None:
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
-            raise ValueError(f"{name} holds token id {bad}, outside the vocabulary of {vocab_size} (ids 0..{vocab_size - 1})")
+            raise ValueError(
+                f"{name} holds token id {bad}, outside the vocabulary of {vocab_size} (ids 0..{vocab_size - 1})"
+            )
 
 
 def check_padding(padding: Tensor | None, tokens: Tensor, name: str) -> None:

@@ -98,7 +98,9 @@ def beam_search(
     ]  # fmt: skip
 
 
-def _search_one(model: Seq2SeqModel, memory: Memory, beam: int, alpha: float, max_len: int, use_cache: bool) -> Hypothesis:
+def _search_one(
+    model: Seq2SeqModel, memory: Memory, beam: int, alpha: float, max_len: int, use_cache: bool
+) -> Hypothesis:
     device = memory.states.device
     prefix = torch.full((1, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(1, dtype=torch.float64, device=device)  # log-probabilities of the live hypotheses
@@ -123,4 +125,3 @@ def _search_one(model: Seq2SeqModel, memory: Memory, beam: int, alpha: float, ma
         if cache is not None:
             cache = reorder_cache(cache, origin)
     return max(finished, key=lambda h: h.score)
-

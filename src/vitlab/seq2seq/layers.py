@@ -119,7 +119,9 @@ class DecoderLayer(nn.Module):
     ) -> Tensor:
         own = None if state is None else state.setdefault("self", {})
         other = None if state is None else state.setdefault("cross", {})
-        x = self.sublayer(x, self.norm1, lambda y: self.drop(self.self_attn(y, padding=padding, causal=True, state=own)))
+        x = self.sublayer(
+            x, self.norm1, lambda y: self.drop(self.self_attn(y, padding=padding, causal=True, state=own))
+        )
         x = self.sublayer(x, self.norm2, lambda y: self.drop(self.cross_attn(y, memory, memory_padding, state=other)))
         return self.sublayer(x, self.norm3, self.mlp)
 

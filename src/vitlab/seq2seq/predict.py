@@ -115,7 +115,9 @@ def predict_strips(model: ImageToSequence, paths: list[str], draw: str | None) -
         labels = label_names(model, tokens)
         print(f"{path}: {' '.join(l for l in labels if l != '<end>')}")
         if draw:
-            target = Path(draw) if len(paths) == 1 else Path(draw).with_name(f"{Path(draw).stem}-{i}{Path(draw).suffix}")
+            target = (
+                Path(draw) if len(paths) == 1 else Path(draw).with_name(f"{Path(draw).stem}-{i}{Path(draw).suffix}")
+            )
             draw_cross_attention(x, attention, labels, target)
             print(f"  cross-attention drawn to {target}")
         results.append(labels)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from vitlab.layers.position import sinusoidal_1d
 from vitlab.registry import Preprocess, register_model
 from vitlab.seq2seq.base import EXAMPLE_LENGTH, PAD, Memory, Seq2SeqModel, check_padding, check_tokens
-from vitlab.seq2seq.layers import EncoderDecoder, TransformerDecoder
+from vitlab.seq2seq.layers import EncoderDecoder
 
 POSITIONS = ("sinusoidal", "learned")
 
@@ -122,8 +122,12 @@ class TransformerSeq2Seq(Seq2SeqModel):
             final_norm, norm_eps,
         )  # fmt: skip
         xavier_init(self.transformer)
-        self.src_embed = TokenEmbedding(src_vocab_size, d_model, dropout, PositionalEncoding(positions, d_model, max_len, "source"))
-        self.tgt_embed = TokenEmbedding(tgt_vocab_size, d_model, dropout, PositionalEncoding(positions, d_model, max_len, "target"))
+        self.src_embed = TokenEmbedding(
+            src_vocab_size, d_model, dropout, PositionalEncoding(positions, d_model, max_len, "source")
+        )
+        self.tgt_embed = TokenEmbedding(
+            tgt_vocab_size, d_model, dropout, PositionalEncoding(positions, d_model, max_len, "target")
+        )
         if share_embeddings:
             self.tgt_embed.embed = self.src_embed.embed
         self.generator = nn.Linear(d_model, tgt_vocab_size, bias=False)

@@ -43,7 +43,9 @@ def strip_splits(data: Any, config: TrainConfig) -> Any:
 
     def strips(images, count: int, seed: int, what: str) -> StripDataset:
         if id(images) not in made:
-            made[id(images)] = StripDataset(images, count, low, high, seed, f"{what} of {low}-{high} images from {images.source}")
+            made[id(images)] = StripDataset(
+                images, count, low, high, seed, f"{what} of {low}-{high} images from {images.source}"
+            )
         return made[id(images)]
 
     train_count = config.strips or max(1, int(len(data.train) / mean))
@@ -97,7 +99,9 @@ class Seq2SeqTask(Task):
     def evaluate(self, model: nn.Module, dataset: Any, amp: AbstractContextManager, desc: str) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        totals = torch.zeros(6, dtype=torch.float64)  # loss sum, loss tokens, right sequences, sequences, right labels, labels
+        totals = torch.zeros(
+            6, dtype=torch.float64
+        )  # loss sum, loss tokens, right sequences, sequences, right labels, labels
         info = self.info
         batches = eval_batches(dataset, self.eval_batch_size, info.rank, info.world_size, self.config.workers)
         if self.progress:
@@ -110,7 +114,9 @@ class Seq2SeqTask(Task):
             with amp:
                 logits = model(x, tokens[:, :-1]).float()
                 predicted = greedy_decode(model, x, max_len=tokens.shape[1] - 1)
-            totals += torch.tensor([*sequence_losses(logits, tokens[:, 1:]), *sequence_scores(predicted, tokens[:, 1:])])
+            totals += torch.tensor(
+                [*sequence_losses(logits, tokens[:, 1:]), *sequence_scores(predicted, tokens[:, 1:])]
+            )
         totals = all_reduce_sum(totals, info).cpu()
         model.train(was_training)
         return {
