@@ -120,16 +120,12 @@ class RecurrentSeq2Seq(Seq2SeqModel):
         init = torch.tanh(self.bridge(last)).view(len(src), self.num_layers, self.hidden_size)
         return Memory(states, src_padding, init)
 
-    def new_cache(self) -> dict[str, Any]:
-        return {"length": 0}
-
     def _start(self, memory: Memory) -> dict[str, Any]:
-        B, H = len(memory.states), self.hidden_size
         state: dict[str, Any] = {"length": 0, "h": memory.final, "keys": self.attn.keys(memory.states)}
         if self.cell == "lstm":
             state["c"] = torch.zeros_like(memory.final)
         if self.attention == "luong":
-            state["feed"] = memory.states.new_zeros(B, H)
+            state["feed"] = memory.states.new_zeros(len(memory.states), self.hidden_size)
         return state
 
     def _step(self, y: Tensor, memory: Memory, state: dict[str, Any]) -> Tensor:
