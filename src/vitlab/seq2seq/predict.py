@@ -91,7 +91,7 @@ def draw_cross_attention(x: Tensor, attention: Tensor, labels: list[str], path: 
     picture = x[0].mean(0).cpu()
     heat = F.interpolate(attention[:, None].float(), size=picture.shape, mode="nearest")[:, 0].cpu()
     rows = len(labels) + 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 0.9 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 1.15 * rows + 0.3), squeeze=False)
     axes[0, 0].imshow(picture, cmap="gray")
     axes[0, 0].set_title("input strip", fontsize=8)
     for i, label in enumerate(labels, 1):
