@@ -98,6 +98,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = create_model(args.model, pretrained=args.checkpoint) if args.model else load_model(args.checkpoint)
     model.eval()
+    if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
+        from vitlab.seq2seq.predict import predict_strips
+
+        try:
+            predict_strips(model, args.images, args.draw)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        return 0
     names = getattr(model, "class_names", None)
     if args.labels:
         names = read_labels(args.labels)
@@ -223,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--labels", help="file with one class name per line (default: the checkpoint's names)")
     predict.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
     predict.add_argument("--top", type=positive_int, default=5)
+    predict.add_argument("--draw", help="image-to-sequence models: draw the decoder's cross-attention to this .png")
     predict.add_argument("images", nargs="+")
     predict.set_defaults(func=cmd_predict)
 

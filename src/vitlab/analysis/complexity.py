@@ -34,13 +34,15 @@ _FFT_FORMULAS = {
 }
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
+def count_macs(
+    model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), inputs: tuple[torch.Tensor, ...] | None = None
+) -> int:
     """Multiply-accumulates of one forward pass on a single image of `input_size`.
 
     Papers call these "FLOPs". Attention runs through explicit matmuls while counting, so the
     q k^T and attention x v products are included (FLOP counters cannot see inside the fused
     kernel). Matmuls, convolutions and FFTs are counted; norms, softmax, activations and elementwise
-    products are not.
+    products are not. `inputs` replaces the image (sequence-to-sequence models: source and target).
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -48,7 +50,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_FFT_FORMULAS)
         with torch.no_grad(), explicit_attention(), counter:
-            model(torch.zeros(1, *input_size, device=device))
+            model(*inputs) if inputs is not None else model(torch.zeros(1, *input_size, device=device))
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
@@ -63,6 +65,10 @@ def model_info(name: str, **overrides: Any) -> dict[str, Any]:
     config = {**entry.config, **overrides}
     with torch.device("meta"):
         model = entry.builder(**config)
+    if entry.task == "sequence-to-sequence":  # a source and a target of the sizes the model states
+        gmacs = count_macs(model, inputs=model.example_inputs()) / 1e9
+        return {"name": name, "params": count_params(model), "gmacs": gmacs, "input_size": model.example_size,
+                "reference": entry.reference, "paper": dict(entry.paper)}  # fmt: skip
     input_size = (model.in_chans, *entry.preprocess.input_size[1:])  # in_chans=1 counts a grey input
     if "img_size" in overrides:
         size = overrides["img_size"]

@@ -19,7 +19,15 @@ import torch
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
-FAMILY_MODULES = ("vit", "swin", "pvt", "setr", "segmenter", "segformer")  # vitlab.layouts.<name>, imported on first use
+FAMILY_MODULES = (
+    "vit",
+    "swin",
+    "pvt",
+    "setr",
+    "segmenter",
+    "segformer",
+    "seq2seq",
+)  # vitlab.layouts.<name>, imported on first use
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ class TrainConfig:
     holdout: float = 0.0  # mnist, cifar...: fraction of the training split that validates (0: the test split does)
     train_images: int | None = None  # train on this many images only (class-balanced, drawn with --seed)
     skip_bad_images: bool = False
+    # Sequence-to-sequence (image-to-sequence models): strips of strip_min..strip_max images side by side.
+    strip_min: int = 3
+    strip_max: int = 8
+    strips: int | None = None  # training strips (default: training images / mean strip length)
     check_images: bool = True  # decode every image of a folder dataset once before training starts
     # Schedule and optimiser. lr is for a batch of `lr_base_batch`, scaled to the batch by `lr_scaling`:
     # the square root by default, as timm scales AdamW (2e-3 at 256 gives 5e-4 at 16, 1e-3 at 64); the
@@ -191,6 +195,7 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) not in allowed:
             raise ConfigError(f"option {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
     positive = ["epochs", "max_steps", "batch_size", "accum_steps", "repeated_aug", "val_every", "train_images"]
+    positive.append("strips")
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"option {name} must be at least 1, got {getattr(config, name)}")

@@ -199,9 +199,11 @@ def diverged_message(run: Run, value: float) -> str:
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
-    if "val_loss" in row:
+    if "val_top1" in row:
         ema = f", EMA top-1 {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
         line += f", val loss {row['val_loss']:.4f}, top-1 {row['val_top1']:.2f}, top-5 {row['val_top5']:.2f}{ema}"
+    elif "val_loss" in row:  # another task's metrics (sequence-to-sequence: seq_acc, token_acc)
+        line += ", val " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
     return f"{line} ({row['seconds']:.0f}s)"
 
 

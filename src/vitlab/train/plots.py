@@ -18,7 +18,8 @@ def _figure_bytes(fig) -> bytes:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss (left) and validation top-1 / top-5 (right) per epoch."""
+    """Training and validation loss (left) and the validation accuracies (right: top-1 / top-5, or a
+    sequence task's) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,8 +33,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     left.plot(val_epochs, [row["val_loss"] for row in validated], "o-", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    right.plot(val_epochs, [row["val_top1"] for row in validated], "o-", label="top-1")
-    right.plot(val_epochs, [row["val_top5"] for row in validated], "o-", label="top-5")
+    for key in [k for k in validated[0] if k.startswith("val_") and k != "val_loss"]:  # top1, top5 / seq_acc, ...
+        right.plot(val_epochs, [row[key] for row in validated], "o-", label=key[4:].replace("top", "top-"))
     if "ema_val_top1" in validated[0]:
         right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
     right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")

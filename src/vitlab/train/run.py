@@ -60,6 +60,11 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
     entry = get_entry(config.model)
     data, img_size, skipped = load_data(config, entry, info, progress, log)
+    seq2seq = entry.task == "sequence-to-sequence"
+    if seq2seq:  # the images become strips, their labels sequences
+        from vitlab.train.tasks.seq2seq import Seq2SeqTask, strip_splits
+
+        data = strip_splits(data, config)
 
     seed_everything(config.seed)  # the same on every process: the same initial weights
     model, model_args = build_model(config, len(data.classes), img_size, load_pretrained=saved is None)
@@ -67,7 +72,10 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     teacher = build_teacher(config, len(data.classes), model, info.device)
-    task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
+    if seq2seq:
+        task = Seq2SeqTask(config, model, info, progress)
+    else:
+        task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
     state = TrainState(
         model,
         build_optimizer(config, model, task.extra_module, info.device),
@@ -111,6 +119,10 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
             stacklevel=2,
         )
     return run
+
+
+def seq2seq_run(run: Run) -> bool:
+    return getattr(run.state.model, "task", None) == "sequence-to-sequence"
 
 
 def json_safe(values: dict[str, Any]) -> dict[str, Any]:
@@ -162,8 +174,8 @@ def finish(run: Run) -> dict[str, Any]:
     final = state.final_model
     last = state.history[-1]
     if data.test is data.val:  # the last validation already measured these weights on this split
-        prefix = "ema_val" if state.ema is not None else "val"
-        test = {"top1": last[f"{prefix}_top1"], "top5": last[f"{prefix}_top5"]}
+        prefix = "ema_val_" if state.ema is not None else "val_"
+        test = {k.removeprefix(prefix): v for k, v in last.items() if k.startswith(prefix) and k != "val_loss"}
     else:
         test = run.task.evaluate(final, data.test, run.amp, "testing")
     args = run.checkpoint_extras["model_args"]
@@ -171,9 +183,8 @@ def finish(run: Run) -> dict[str, Any]:
         "model": config.model,
         "model_args": args,
         "data": data.name,
-        "test_top1": test["top1"],
-        "test_top5": test["top5"],
-        "best_val_top1": state.best_val,
+        **{f"test_{k}": v for k, v in test.items() if k != "loss"},  # test_top1, test_top5 / test_seq_acc, ...
+        f"best_val_{run.task.selection_metric}": state.best_val,
         "val_is_test": data.test is data.val,
         "epochs": run.epochs,
         "steps": config.total_steps(run.steps_per_epoch),
@@ -194,8 +205,13 @@ def finish(run: Run) -> dict[str, Any]:
         run.rundir.write_weights(final.state_dict(), data.classes, config.model, args)
         run.rundir.write_summary(summary)
         run.rundir.write_curves(state.history)
+        scores = (
+            f"top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}%"
+            if "top1" in test
+            else ", ".join(f"{k} {v:.2f}%" for k, v in test.items() if k != "loss")
+        )
         run.log(
-            f"test top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}% ({len(data.test)} images); wrote "
+            f"test {scores} ({len(data.test)} {'strips' if seq2seq_run(run) else 'images'}); wrote "
             f"{run.rundir}/model.safetensors, summary.json, metrics.csv, curves.png"
         )
     return summary
