@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from vitlab.analysis.geometry import (
     LayerAttention,
     LayerCall,
+    Size2,
     Tokens,
     factor_grid,
     grouped_geometry,
     map_to_image,
     register_geometry,
-    Size2,
     scatter_groups,
     token_numbers,
 )
@@ -28,7 +28,7 @@ from vitlab.models.convit import GatedPositionalSelfAttention
 from vitlab.models.dat import DeformableAttention, LocalAttention
 from vitlab.models.psvit import STEM_STRIDE, ProgressiveSampler
 from vitlab.models.sasa import LocalSelfAttention
-from vitlab.models.vt import Projector, TokenTransformer, Tokenizer
+from vitlab.models.vt import Projector, Tokenizer, TokenTransformer
 
 register_geometry(LocalAttention)(grouped_geometry)  # DAT's local (shifted) windows
 
@@ -94,7 +94,8 @@ def tokenizer_geometry(call: LayerCall) -> LayerAttention:
     """VT's tokenizer: each visual token's spatial attention over the pixels of the map (rows over HW)."""
     _, pixels, _ = call.input_shapes[0]
     grid = Tokens(pixels, grid=factor_grid(pixels, call.image_size))
-    return LayerAttention(call.name, "tokenizer", call.probs, visual_tokens(call.probs.shape[-2]), grid, call.image_size)
+    tokens = visual_tokens(call.probs.shape[-2])
+    return LayerAttention(call.name, "tokenizer", call.probs, tokens, grid, call.image_size)
 
 
 @register_geometry(Projector)
@@ -102,7 +103,8 @@ def projector_geometry(call: LayerCall) -> LayerAttention:
     """VT's projector: each pixel reads the visual tokens."""
     _, pixels, _ = call.input_shapes[0]
     grid = Tokens(pixels, grid=factor_grid(pixels, call.image_size))
-    return LayerAttention(call.name, "projector", call.probs, grid, visual_tokens(call.probs.shape[-1]), call.image_size)
+    tokens = visual_tokens(call.probs.shape[-1])
+    return LayerAttention(call.name, "projector", call.probs, grid, tokens, call.image_size)
 
 
 @register_geometry(TokenTransformer)

@@ -1,0 +1,116 @@
+"""The analysis commands of `vitlab`: attention, analyze, report, and `models --details`.
+
+`cli.build_parser` calls `register_analysis_commands(commands, models=...)` once; everything else
+about these commands lives here, so that the command-line module only wires them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch import nn
+
+
+class AnalysisUsageError(ValueError):
+    """A command line of the analysis commands that cannot work (a layer index out of range, ...)."""
+
+
+def parse_query(text: str | None) -> str | tuple[float, float] | None:
+    """`--query`: "cls" or "x,y" pixels of the model's input image."""
+    if text is None or text == "cls":
+        return text
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--query is 'cls' or x,y pixels, got {text!r}") from err
+    return x, y
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """The model of `--model` / `--checkpoint` / `--model-args` / `--tiny` (random weights without a checkpoint)."""
+    from vitlab.registry import create_model, get_entry, load_model
+
+    overrides = args.model_args or {}
+    if args.tiny:
+        if not args.model:
+            raise AnalysisUsageError("--tiny needs --model NAME")
+        overrides = {**get_entry(args.model).tiny, **overrides}
+    if args.model:
+        return create_model(args.model, pretrained=args.checkpoint or False, **overrides).eval()
+    if not args.checkpoint:
+        raise AnalysisUsageError("give --model NAME, --checkpoint FILE, or both")
+    return load_model(args.checkpoint, **overrides).eval()
+
+
+def model_input(model: nn.Module, paths: list[str], img_size: int | None) -> torch.Tensor:
+    """Image files prepared as `vitlab eval` prepares them, at `img_size` or the model's own size."""
+    from vitlab.data.transforms import preprocess_files
+
+    pre = model.entry.preprocess
+    size = img_size or (model.img_size[0] if model.img_size else pre.img_size)
+    return preprocess_files(paths, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
+
+
+def pick_layer(layers: list, index: int | None):
+    """`--layer`: an index into the recorded calls (negative from the end).
+
+    The default is the last call whose keys lie in the image.
+    """
+    if index is None:
+        spatial = [layer for layer in layers if layer.keys.spatial]
+        return (spatial or layers)[-1]
+    if not -len(layers) <= index < len(layers):
+        raise AnalysisUsageError(f"--layer {index} is out of range: the model made {len(layers)} attention calls")
+    return layers[index]
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from vitlab.analysis.draw import draw_layer, image_for_display
+    from vitlab.analysis.maps import NoAttentionError, record_layers
+
+    model = build_model(args)
+    images = model_input(model, [args.image], args.img_size)
+    try:
+        layers = record_layers(model, images)
+    except NoAttentionError as err:
+        raise AnalysisUsageError(str(err)) from err
+    if args.list:
+        for i, layer in enumerate(layers):
+            q, k = layer.queries, layer.keys
+            where = f"queries {q.count} {q.label}s (grid {q.grid})  keys {k.count} {k.label}s (grid {k.grid})"
+            print(f"{i:3d}  {layer.name}  {layer.kind}  heads {layer.probs.shape[1]}  {where}")
+        return 0
+    layer = pick_layer(layers, args.layer)
+    pre = model.entry.preprocess
+    picture = image_for_display(images, pre.mean, pre.std)
+    try:
+        path = draw_layer(layer, args.output, picture, query=args.query, head=args.head)
+    except ValueError as err:
+        raise AnalysisUsageError(str(err)) from err
+    print(f"{layer.name} ({layer.kind}, {layer.probs.shape[1]} heads) -> {path}")
+    return 0
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
+    parser.add_argument("--checkpoint", help="weights in any layout vitlab loads (default: random weights)")
+    parser.add_argument(
+        "--model-args", type=json.loads, metavar="JSON", help="constructor overrides, e.g. '{\"depth\": 2}'"
+    )
+    parser.add_argument("--tiny", action="store_true", help="the variant's seconds-fast tiny configuration")
+    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
+
+
+def register_analysis_commands(commands, models: argparse.ArgumentParser | None = None) -> None:
+    """Add `attention`, `analyze` and `report` to the `vitlab` subcommands, and `--details` to `models`."""
+    attention = commands.add_parser("attention", help="draw a layer's attention maps over an image, in its geometry")
+    add_model_options(attention)
+    attention.add_argument("image")
+    attention.add_argument("--output", default="attention.png")
+    attention.add_argument("--query", type=parse_query, help="'cls' or x,y pixels (default: class token or centre)")
+    attention.add_argument("--layer", type=int, help="index of the attention call (default: the last spatial one)")
+    attention.add_argument("--head", type=int, help="one head (default: a grid of all heads)")
+    attention.add_argument("--list", action="store_true", help="list the attention calls and stop")
+    attention.set_defaults(func=cmd_attention)
