@@ -82,14 +82,37 @@ def cmd_attention(args: argparse.Namespace) -> int:
             where = f"queries {q.count} {q.label}s (grid {q.grid})  keys {k.count} {k.label}s (grid {k.grid})"
             print(f"{i:3d}  {layer.name}  {layer.kind}  heads {layer.probs.shape[1]}  {where}")
         return 0
-    layer = pick_layer(layers, args.layer)
     pre = model.entry.preprocess
     picture = image_for_display(images, pre.mean, pre.std)
+    if args.rollout or args.explain:
+        return draw_class_map(model, images, picture, args)
+    layer = pick_layer(layers, args.layer)
     try:
         path = draw_layer(layer, args.output, picture, query=args.query, head=args.head)
     except ValueError as err:
         raise AnalysisUsageError(str(err)) from err
     print(f"{layer.name} ({layer.kind}, {layer.probs.shape[1]} heads) -> {path}")
+    return 0
+
+
+def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argparse.Namespace) -> int:
+    """`--rollout FUSION` or `--explain gradient-rollout|attention-gradient` (with `--target CLASS`)."""
+    from vitlab.analysis.attention import attention_gradient, attention_rollout, gradient_rollout
+    from vitlab.analysis.draw import draw_patch_map
+
+    try:
+        if args.rollout:
+            values, title = attention_rollout(model, images, head_fusion=args.rollout), f"rollout ({args.rollout})"
+        else:
+            explain = gradient_rollout if args.explain == "gradient-rollout" else attention_gradient
+            values, title = (
+                explain(model, images, target=args.target),
+                f"{args.explain}, class {'predicted' if args.target is None else args.target}",
+            )
+    except ValueError as err:
+        raise AnalysisUsageError(str(err)) from err
+    path = draw_patch_map(values[0].detach(), args.output, picture, title)
+    print(f"{title} -> {path}")
     return 0
 
 
@@ -113,4 +136,9 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     attention.add_argument("--layer", type=int, help="index of the attention call (default: the last spatial one)")
     attention.add_argument("--head", type=int, help="one head (default: a grid of all heads)")
     attention.add_argument("--list", action="store_true", help="list the attention calls and stop")
+    attention.add_argument("--rollout", choices=("mean", "max", "min"), help="attention rollout, heads fused so")
+    attention.add_argument(
+        "--explain", choices=("gradient-rollout", "attention-gradient"), help="class-specific map (see --target)"
+    )
+    attention.add_argument("--target", type=int, help="class for --explain (default: the predicted one)")
     attention.set_defaults(func=cmd_attention)

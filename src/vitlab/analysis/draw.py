@@ -121,3 +121,23 @@ def image_for_display(images: Tensor, mean, std, batch: int = 0) -> np.ndarray:
     )
     x = x.clamp(0, 1)
     return x[0].numpy() if x.shape[0] == 1 else x[:3].permute(1, 2, 0).numpy()
+
+
+def draw_patch_map(values: Tensor, path: str | Path, image: np.ndarray | None, title: str) -> Path:
+    """One (h, w) map over the patch grid (rollout, relevance) drawn over the image."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    H, W = image.shape[:2] if image is not None else values.shape
+    if image is not None:
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=(0, W, H, 0))
+    ax.imshow(values.double().numpy(), cmap="inferno", alpha=0.6 if image is not None else 1.0,
+              extent=(0, W, H, 0), interpolation="nearest")  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
