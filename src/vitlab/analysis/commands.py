@@ -116,6 +116,33 @@ def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argpar
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vitlab.analysis.analyze import analyze_batches, dataset_images, plot_results, write_csv
+    from vitlab.analysis.maps import NoAttentionError
+    from vitlab.data.augment import EvalPreprocess
+
+    model = build_model(args)
+    raw, side = dataset_images(args.data, args.data_dir, args.images, args.split)
+    pre = model.entry.preprocess
+    size = args.img_size or (model.img_size[0] if model.img_size else side)
+    images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
+    try:
+        result = analyze_batches(model, images, args.batch_size)
+    except NoAttentionError as err:
+        raise AnalysisUsageError(str(err)) from err
+    output = Path(args.output)
+    write_csv(result, output)
+    plot_results(result, output, f"{model.entry.name} on {result['images']} {args.data} images")
+    for (name, kind), d, e in zip(result["layers"], result["distance"], result["entropy"], strict=True):
+        dist = "" if d is None else f"distance {float(d.mean()):6.2f}px  "
+        print(f"{name:32s} {kind:18s} {dist}entropy {float(e.mean()):.3f}")
+    sims = " ".join(f"{v:.3f}" for v in result["similarity"])
+    print(f"patch |cos| per block: {sims}\nwritten: {output}/attention.csv, similarity.csv and plots")
+    return 0
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     parser.add_argument("--checkpoint", help="weights in any layout vitlab loads (default: random weights)")
@@ -142,3 +169,13 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     )
     attention.add_argument("--target", type=int, help="class for --explain (default: the predicted one)")
     attention.set_defaults(func=cmd_attention)
+
+    analyze = commands.add_parser("analyze", help="attention distance, entropy and patch similarity over a dataset")
+    add_model_options(analyze)
+    analyze.add_argument("--data", required=True, help="demo, mnist, fashion-mnist, cifar10, cifar100 or a folder")
+    analyze.add_argument("--data-dir")
+    analyze.add_argument("--split", choices=("train", "val", "test"), default="test")
+    analyze.add_argument("--images", type=int, default=256, help="how many images (the first of the split)")
+    analyze.add_argument("--batch-size", type=int, default=32)
+    analyze.add_argument("--output", default="analysis")
+    analyze.set_defaults(func=cmd_analyze)
