@@ -143,6 +143,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from vitlab.analysis.cards import model_card
+
+    print(model_card(args.details, check_parity=args.check_parity))
+    return 0
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     parser.add_argument("--checkpoint", help="weights in any layout vitlab loads (default: random weights)")
@@ -155,6 +162,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def register_analysis_commands(commands, models: argparse.ArgumentParser | None = None) -> None:
     """Add `attention`, `analyze` and `report` to the `vitlab` subcommands, and `--details` to `models`."""
+    if models is not None:
+        models.add_argument("--details", metavar="NAME", help="the model card of one variant")
+        models.add_argument("--check-parity", action="store_true", help="with --details: re-run its parity fixtures")
+        listing = models.get_default("func")
+        models.set_defaults(func=lambda args: cmd_card(args) if args.details else listing(args))
     attention = commands.add_parser("attention", help="draw a layer's attention maps over an image, in its geometry")
     add_model_options(attention)
     attention.add_argument("image")
