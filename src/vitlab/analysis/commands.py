@@ -150,6 +150,17 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vitlab.analysis.report import write_report
+
+    try:
+        path = write_report(args.run_dir, args.output, images=args.images)
+    except FileNotFoundError as err:
+        raise AnalysisUsageError(str(err)) from err
+    print(f"report: {path}")
+    return 0
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     parser.add_argument("--checkpoint", help="weights in any layout vitlab loads (default: random weights)")
@@ -191,3 +202,9 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     analyze.add_argument("--batch-size", type=int, default=32)
     analyze.add_argument("--output", default="analysis")
     analyze.set_defaults(func=cmd_analyze)
+
+    report = commands.add_parser("report", help="one self-contained HTML page about a training run")
+    report.add_argument("run_dir")
+    report.add_argument("--output", help="default: RUN_DIR/report.html")
+    report.add_argument("--images", type=int, default=500, help="test images for per-class accuracy and confusion")
+    report.set_defaults(func=cmd_report)
