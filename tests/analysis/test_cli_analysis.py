@@ -65,3 +65,12 @@ def test_analyze_writes_csv_and_plots(tmp_path, capsys):
     assert len(list(csv.DictReader((out / "similarity.csv").read_text().splitlines()))) == 4
     for name in ("attention_distance.png", "entropy.png", "similarity.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_attention_on_a_dataset_image(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    args = ["--threads", "1", "attention", "--model", "vit_mini_28", "--data", "demo", "--index", "3"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert out.stat().st_size > 5000
+    assert main(["attention", "--model", "vit_mini_28"]) == 2
+    assert "IMAGE" in capsys.readouterr().err

@@ -44,13 +44,21 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     return load_model(args.checkpoint, **overrides).eval()
 
 
-def model_input(model: nn.Module, paths: list[str], img_size: int | None) -> torch.Tensor:
-    """Image files prepared as `vitlab eval` prepares them, at `img_size` or the model's own size."""
+def model_input(model: nn.Module, args: argparse.Namespace) -> torch.Tensor:
+    """The image file, or test image `--index` of `--data`, prepared as `vitlab eval` prepares it."""
+    from vitlab.data.augment import EvalPreprocess
     from vitlab.data.transforms import preprocess_files
 
     pre = model.entry.preprocess
-    size = img_size or (model.img_size[0] if model.img_size else pre.img_size)
-    return preprocess_files(paths, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
+    size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
+    if args.data:
+        from vitlab.analysis.analyze import dataset_images
+
+        raw, _ = dataset_images(args.data, args.data_dir, args.index + 1)
+        return EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw[args.index :])
+    if not args.image:
+        raise AnalysisUsageError("give an IMAGE file, or --data NAME [--data-dir DIR] --index I")
+    return preprocess_files([args.image], size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
 
 
 def pick_layer(layers: list, index: int | None):
@@ -71,7 +79,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from vitlab.analysis.maps import NoAttentionError, record_layers
 
     model = build_model(args)
-    images = model_input(model, [args.image], args.img_size)
+    images = model_input(model, args)
     try:
         layers = record_layers(model, images)
     except NoAttentionError as err:
@@ -180,7 +188,10 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
         models.set_defaults(func=lambda args: cmd_card(args) if args.details else listing(args))
     attention = commands.add_parser("attention", help="draw a layer's attention maps over an image, in its geometry")
     add_model_options(attention)
-    attention.add_argument("image")
+    attention.add_argument("image", nargs="?", help="an image file (or --data and --index)")
+    attention.add_argument("--data", help="take the image from this dataset's test split instead")
+    attention.add_argument("--data-dir")
+    attention.add_argument("--index", type=int, default=0, help="with --data: which test image")
     attention.add_argument("--output", default="attention.png")
     attention.add_argument("--query", type=parse_query, help="'cls' or x,y pixels (default: class token or centre)")
     attention.add_argument("--layer", type=int, help="index of the attention call (default: the last spatial one)")
