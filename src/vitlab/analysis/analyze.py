@@ -104,15 +104,14 @@ def plot_results(result: dict, output: Path, title: str) -> None:
     plt.close(fig)
 
 
-def dataset_images(data: str, data_dir: str | None, count: int, split: str = "test") -> tuple[Tensor, int]:
-    """The first `count` images of a dataset split as a uint8 batch, and their side."""
+def dataset_images(data: str, data_dir: str | None, count: int, split: str = "test") -> tuple[Tensor, Tensor]:
+    """The first `count` images of a dataset split as a uint8 batch, and their labels."""
     from vitlab.data.datasets import build_datasets
 
     dataset = getattr(build_datasets(data, data_dir, folder_size=224), split)
     count = min(count, len(dataset))
     indices = torch.arange(count)
     if hasattr(dataset, "get_batch"):
-        images, _ = dataset.get_batch(indices)
-    else:
-        images = torch.stack([dataset[int(i)][0] for i in indices])
-    return images, images.shape[-1]
+        return dataset.get_batch(indices)
+    pairs = [dataset[int(i)] for i in indices]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs])

@@ -132,9 +132,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from vitlab.data.augment import EvalPreprocess
 
     model = build_model(args)
-    raw, side = dataset_images(args.data, args.data_dir, args.images, args.split)
+    raw, _ = dataset_images(args.data, args.data_dir, args.images, args.split)
     pre = model.entry.preprocess
-    size = args.img_size or (model.img_size[0] if model.img_size else side)
+    size = args.img_size or (model.img_size[0] if model.img_size else raw.shape[-1])
     images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
     try:
         result = analyze_batches(model, images, args.batch_size)

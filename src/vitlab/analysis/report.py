@@ -54,14 +54,10 @@ def _evaluation(model, config: dict, count: int):
     """Predictions on the first `count` test images: (normalised images, labels, predictions)."""
     from vitlab.analysis.analyze import dataset_images
     from vitlab.data.augment import EvalPreprocess
-    from vitlab.data.datasets import build_datasets
 
-    raw, side = dataset_images(config["data"], config.get("data_dir"), count)
-    labels = build_datasets(config["data"], config.get("data_dir"), folder_size=224).test.get_batch(
-        torch.arange(raw.shape[0])
-    )[1]
+    raw, labels = dataset_images(config["data"], config.get("data_dir"), count)
     pre = model.entry.preprocess
-    size = model.img_size[0] if model.img_size else side
+    size = model.img_size[0] if model.img_size else raw.shape[-1]
     images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
     with torch.no_grad():
         predicted = torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
