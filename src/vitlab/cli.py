@@ -265,18 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--epochs", type=positive_int)
     demo.set_defaults(func=cmd_demo)
+
+    from vitlab.analysis.commands import register_analysis_commands
+
+    register_analysis_commands(commands, models=models)
     return parser
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """The errors vitlab raises for bad input: printed as one line, never as a traceback."""
+    from vitlab.analysis.commands import AnalysisUsageError
     from vitlab.checkpoint import CheckpointError
     from vitlab.data.datasets import DatasetError
     from vitlab.data.images import BadImageError
     from vitlab.registry import UnknownModelError
     from vitlab.train.config import ConfigError
 
-    return (UsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError)
+    return (
+        UsageError, AnalysisUsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
