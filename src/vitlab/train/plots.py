@@ -18,7 +18,7 @@ def _figure_bytes(fig) -> bytes:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss (left) and validation top-1 / top-5 (right) per epoch."""
+    """Training and validation loss (left) and validation top-1 / top-5 or mIoU / mAcc / aAcc (right) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,11 +32,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     left.plot(val_epochs, [row["val_loss"] for row in validated], "o-", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    right.plot(val_epochs, [row["val_top1"] for row in validated], "o-", label="top-1")
-    right.plot(val_epochs, [row["val_top5"] for row in validated], "o-", label="top-5")
-    if "ema_val_top1" in validated[0]:
-        right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
-    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    if "val_miou" in validated[0]:  # segmentation
+        for key, label in (("val_miou", "mIoU"), ("val_macc", "mAcc"), ("val_aacc", "aAcc")):
+            right.plot(val_epochs, [row[key] for row in validated], "o-", label=label)
+        right.set(xlabel="epoch", ylabel="%", title="validation mIoU and accuracy")
+    else:
+        right.plot(val_epochs, [row["val_top1"] for row in validated], "o-", label="top-1")
+        right.plot(val_epochs, [row["val_top5"] for row in validated], "o-", label="top-5")
+        if "ema_val_top1" in validated[0]:
+            right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
+        right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
     right.legend()
     for ax in (left, right):
         ax.grid(alpha=0.3)

@@ -26,6 +26,7 @@ from vitlab.train.precision import autocast, resolve_amp
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import TrainState
 from vitlab.train.tasks.classification import ClassificationTask
+from vitlab.train.tasks.segmentation import SegmentationTask, load_segmentation_data
 
 
 def train(config: TrainConfig, resume: bool = False, threads: int | None = None) -> dict[str, Any]:
@@ -59,15 +60,23 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     amp = resolve_amp(config.amp, info.device)
     progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
     entry = get_entry(config.model)
-    data, img_size, skipped = load_data(config, entry, info, progress, log)
+    segmentation = entry.task == "semantic-segmentation"
+    if segmentation:  # pairs stored at img_size, the model trained on crops
+        data, _, img_size = load_segmentation_data(config, entry, info, log)
+        skipped: list[str] = []
+    else:
+        data, img_size, skipped = load_data(config, entry, info, progress, log)
 
     seed_everything(config.seed)  # the same on every process: the same initial weights
     model, model_args = build_model(config, len(data.classes), img_size, load_pretrained=saved is None)
     model.to(info.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    teacher = build_teacher(config, len(data.classes), model, info.device)
-    task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
+    if segmentation:
+        task = SegmentationTask(config, model, img_size, info, progress)
+    else:
+        teacher = build_teacher(config, len(data.classes), model, info.device)
+        task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
     state = TrainState(
         model,
         build_optimizer(config, model, task.extra_module, info.device),
@@ -151,20 +160,16 @@ def finish(run: Run) -> dict[str, Any]:
     """Test the final weights once, write them, the summary and the curves; returns the summary."""
     config, state, data, info = run.config, run.state, run.data, run.info
     final = state.final_model
-    last = state.history[-1]
-    if data.test is data.val:  # the last validation already measured these weights on this split
-        prefix = "ema_val" if state.ema is not None else "val"
-        test = {"top1": last[f"{prefix}_top1"], "top5": last[f"{prefix}_top5"]}
+    if isinstance(run.task, SegmentationTask):  # per-class results: the test split is measured again
+        fields, line = run.task.test_summary(final, data, run.amp, state.best_val)
     else:
-        test = run.task.evaluate(final, data.test, run.amp, "testing")
+        fields, line = classification_test(run)
     args = run.checkpoint_extras["model_args"]
     summary = {
         "model": config.model,
         "model_args": args,
         "data": data.name,
-        "test_top1": test["top1"],
-        "test_top5": test["top5"],
-        "best_val_top1": state.best_val,
+        **fields,
         "val_is_test": data.test is data.val,
         "epochs": config.epochs,
         "train_seconds": round(state.train_seconds, 2),
@@ -184,8 +189,22 @@ def finish(run: Run) -> dict[str, Any]:
         run.rundir.write_weights(final.state_dict(), data.classes, config.model, args)
         run.rundir.write_summary(summary)
         run.rundir.write_curves(state.history)
-        run.log(
-            f"test top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}% ({len(data.test)} images); wrote "
-            f"{run.rundir}/model.safetensors, summary.json, metrics.csv, curves.png"
-        )
+        written = "model.safetensors, summary.json, metrics.csv, curves.png"
+        if isinstance(run.task, SegmentationTask):
+            run.task.draw_predictions(final, data.val, run.rundir.path / "predictions.png")
+            written += ", predictions.png"
+        run.log(f"{line}; wrote {run.rundir}/{written}")
     return summary
+
+
+def classification_test(run: Run) -> tuple[dict[str, Any], str]:
+    """Top-1 / top-5 of the final weights on the test split (the last validation's when that is the test split)."""
+    state, data = run.state, run.data
+    last = state.history[-1]
+    if data.test is data.val:  # the last validation already measured these weights on this split
+        prefix = "ema_val" if state.ema is not None else "val"
+        test = {"top1": last[f"{prefix}_top1"], "top5": last[f"{prefix}_top5"]}
+    else:
+        test = run.task.evaluate(state.final_model, data.test, run.amp, "testing")
+    fields = {"test_top1": test["top1"], "test_top5": test["top5"], "best_val_top1": state.best_val}
+    return fields, f"test top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}% ({len(data.test)} images)"
