@@ -61,8 +61,8 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
     entry = get_entry(config.model)
     segmentation = entry.task == "semantic-segmentation"
-    if segmentation:  # pairs stored at img_size, the model trained on crops
-        data, _, img_size = load_segmentation_data(config, entry, info, log)
+    if segmentation:  # pairs stored at img_size (the model's img_size, the scale of evaluation), trained on crops
+        data, img_size, crop = load_segmentation_data(config, entry, info, log)
         skipped: list[str] = []
     else:
         data, img_size, skipped = load_data(config, entry, info, progress, log)
@@ -73,7 +73,7 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     if segmentation:
-        task = SegmentationTask(config, model, img_size, info, progress)
+        task = SegmentationTask(config, model, crop, info, progress)
     else:
         teacher = build_teacher(config, len(data.classes), model, info.device)
         task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
