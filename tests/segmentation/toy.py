@@ -1,6 +1,7 @@
 """A small but honest segmentation model for the tests of data, training, evaluation and prediction:
 a two-layer convolutional encoder to stride 2, a 1x1 convolution as the decoder, and optionally an
-auxiliary 1x1 decoder on the first layer's features (loss weight 0.4, as SETR's).
+auxiliary 1x1 decoder on the first layer's features (loss weight 0.4, as SETR's); BatchNorm after the
+first convolution unless `norm=False`.
 
 It is registered from the tests only (`registered()` as a context manager or pytest fixture helper,
 `register()` in a subprocess); library code never registers it.
@@ -20,11 +21,14 @@ NAME = "toy_seg"
 
 
 class ToySegmenter(SegmentationModel):
-    def __init__(self, num_classes: int = 5, width: int = 16, aux: bool = False, img_size: int = 32, in_chans: int = 3):
+    def __init__(
+        self, num_classes: int = 5, width: int = 16, aux: bool = False, norm: bool = True, img_size: int = 32,
+        in_chans: int = 3,
+    ):  # fmt: skip
         super().__init__(num_classes, in_chans)
         self.img_size = (img_size, img_size)
         self.backbone = nn.Sequential(
-            nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width) if norm else nn.Identity(), nn.ReLU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
         )  # fmt: skip
         self.decode_head = nn.Conv2d(width, num_classes, 1)

@@ -56,7 +56,12 @@ def model_scale(model: nn.Module, img_size: int | None) -> int:
 
 
 def inference_options(
-    slide: bool, crop_size: int | None, stride: int | None, flip: bool, scales: Sequence[float] | None, scale: int
+    scale: int,
+    slide: bool = False,
+    crop_size: int | None = None,
+    stride: int | None = None,
+    flip: bool = False,
+    scales: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of `segment` for the command-line options (slide defaults: crop = the scale,
     stride = two thirds of the crop, as mmseg's 512 / 341)."""

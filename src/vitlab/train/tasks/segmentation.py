@@ -210,9 +210,9 @@ def draw_predictions(task: SegmentationTask, model: nn.Module, dataset: Segmenta
     images, truths, preds = [], [], []
     with torch.no_grad():
         for index in range(min(count, len(dataset))):
-            image, mask = dataset.eval_item(index)
-            probs = segment(model, task.preprocess(image[None].to(task.device)), tuple(mask.shape))
-            images.append(image.permute(1, 2, 0).numpy())
+            scaled, mask = dataset.eval_item(index)
+            probs = segment(model, task.preprocess(scaled[None].to(task.device)), tuple(mask.shape))
+            images.append(dataset.read(index)[0].permute(1, 2, 0).numpy())  # shown at the mask's resolution
             truths.append(mask.numpy())
             preds.append(probs.argmax(dim=1)[0].cpu().numpy())
     model.train(was_training)
