@@ -171,23 +171,28 @@ SEG_DEMO = "seg-demo"
 def load_segmentation_data(config: TrainConfig, entry: Any, info: DistInfo, log) -> tuple[Any, int, int]:
     """The splits (checked: every mask decoded once before training), the side pairs are stored at
     (`--img-size`; the demo's 64, else the model's input size) and the training crop (`--crop-size`,
-    default that side)."""
+    default that side). `--data seg-demo` (or classification's default `demo`) is the built-in data;
+    with `--data-dir DIR` it reads DIR as an image/mask folder instead, so the demo recipe runs
+    unchanged on one."""
     from vitlab.data.datasets import DataSplits
     from vitlab.data.seg_demo import SIDE, demo_segmentation
     from vitlab.data.segmentation import check_and_load, find_segmentation_data
 
     check_segmentation_config(config)
-    demo = config.data.lower() == SEG_DEMO
+    name = config.data
+    if name.lower() in (SEG_DEMO, "demo") and config.data_dir:  # a recipe for the demo, on the user's folder
+        name = config.data_dir
+    demo = name.lower() in (SEG_DEMO, "demo")
     size = config.img_size or (SIDE if demo else entry.preprocess.img_size)
     if demo:
         splits = {"train": demo_segmentation("train"), "val": demo_segmentation("val")}
     else:
-        splits = find_segmentation_data(config.data, config.data_dir, size)
+        splits = find_segmentation_data(name, config.data_dir, size)
         if config.check_images:
             splits = {k: check_and_load(split, config.workers, keep=k == "train") for k, split in splits.items()}
     train, val = splits["train"], splits["val"]
     notes = [] if "test" in splits else ["the validation split is also the test split"]
-    data = DataSplits(train, val, splits.get("test", val), train.classes, SEG_DEMO if demo else config.data, notes)
+    data = DataSplits(train, val, splits.get("test", val), train.classes, SEG_DEMO if demo else name, notes)
     if config.batch_size % (info.world_size * config.accum_steps):
         raise ConfigError(
             f"batch size {config.batch_size} does not split over {info.world_size} processes x "
