@@ -209,6 +209,10 @@ def _collate(items: list) -> tuple[Tensor | None, Tensor | None, str | None]:
     return torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]), None
 
 
+def _as_is(item):
+    return item
+
+
 def eval_items(
     dataset: SegmentationDataset, rank: int = 0, world_size: int = 1, workers: int = 0
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -231,7 +235,7 @@ def check_and_load(dataset: SegmentationDataset, workers: int, keep: bool, max_b
     side = dataset.size[0]
     keep = keep and len(dataset) * 4 * side * side <= max_bytes
     loader = torch.utils.data.DataLoader(
-        _Items(dataset, "train"), batch_size=None, num_workers=workers, collate_fn=lambda x: x
+        _Items(dataset, "train"), batch_size=None, num_workers=workers, collate_fn=_as_is
     )
     images, masks = [], []
     for image, mask, error in loader:
