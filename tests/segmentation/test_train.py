@@ -165,10 +165,14 @@ def test_two_processes_sum_the_confusion_matrices_exactly(registered, tmp_path):
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        # torchrun starts each worker in its own session: SIGTERM lets it stop them, SIGKILL would orphan them.
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, stderr[-3000:]
     assert "2 process(es)" in stdout
@@ -185,7 +189,7 @@ def test_two_processes_sum_the_confusion_matrices_exactly(registered, tmp_path):
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "segmentation-demo.yaml"
 
 
-def test_the_demo_recipe_runs_unchanged_on_a_folder_and_on_the_demo(registered, tmp_path):
+def test_the_demo_recipe_runs_unchanged_on_a_folder_and_on_the_demo(registered, tmp_path, capsys):
     # segformer_b0 lives in another module; the toy segmenter stands in for it here.
     data = write_folder(tmp_path / "data", train=16, val=4, size=(30, 22))
     common = ["train", "--config", str(RECIPE), "--model", "toy_seg", "--epochs", "1", "--progress", "off"]
@@ -196,3 +200,7 @@ def test_the_demo_recipe_runs_unchanged_on_a_folder_and_on_the_demo(registered, 
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["data"] == "seg-demo" and summary["train_images"] == 2000 and summary["num_classes"] == 11
     assert summary["test_per_class_iou"]["background"] > 50  # one epoch of a 3k-parameter model: background only
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "demo" / "model.safetensors"), "--data", "seg-demo"]) == 0
+    out = capsys.readouterr().out
+    assert "(val, 300 images)" in out and f"mIoU {summary['test_miou']:.2f}  mAcc {summary['test_macc']:.2f}" in out
