@@ -20,7 +20,7 @@ from torch import nn
 
 from vitlab.checkpoint import inspect_checkpoint
 from vitlab.data.seg_augment import SegmentationPreprocess
-from vitlab.registry import create_model, get_entry
+from vitlab.registry import UnknownModelError, create_model, get_entry
 from vitlab.segmentation.inference import segment
 from vitlab.segmentation.metrics import per_class_table
 from vitlab.train.config import ConfigError
@@ -29,9 +29,19 @@ from vitlab.train.precision import autocast, resolve_amp
 
 
 def is_segmentation(model_name: str | None, checkpoint: str) -> bool:
-    """Whether `model_name` (or the model the checkpoint names) is a segmentation model."""
-    name = model_name or inspect_checkpoint(checkpoint).model
-    return name is not None and get_entry(name).task == "semantic-segmentation"
+    """Whether `model_name` (or the model the checkpoint names) is a segmentation model. An unknown name or a
+    checkpoint that cannot be read is left to the classification path, which reports it in its own order."""
+    from vitlab.checkpoint import CheckpointError
+
+    if model_name is None:
+        try:
+            model_name = inspect_checkpoint(checkpoint).model
+        except CheckpointError:
+            return False
+    try:
+        return model_name is not None and get_entry(model_name).task == "semantic-segmentation"
+    except UnknownModelError:
+        return False
 
 
 def load_segmenter(model_name: str | None, checkpoint: str) -> nn.Module:
