@@ -95,6 +95,10 @@ def read_labels(path: str | Path) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.data.transforms import preprocess_files
     from vitlab.registry import create_model, load_model
+    from vitlab.train.seg_eval import is_segmentation
+
+    if is_segmentation(args.model, args.checkpoint):
+        return predict_masks(args)
 
     model = create_model(args.model, pretrained=args.checkpoint) if args.model else load_model(args.checkpoint)
     model.eval()
@@ -125,6 +129,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_masks(args: argparse.Namespace) -> int:
+    """`vitlab predict` for a segmentation model: a palette PNG mask and an overlay per image."""
+    from vitlab.train.seg_eval import load_segmenter, predict_segmentation
+
+    model = load_segmenter(args.model, args.checkpoint).eval()
+    if args.labels:
+        model.class_names = read_labels(args.labels)
+        if len(model.class_names) != model.num_classes:
+            raise UsageError(f"{args.labels} names {len(model.class_names)} classes; the model has {model.num_classes}")
+    for path, (mask, picture, shares) in zip(
+        args.images, predict_segmentation(model, args.images, args.output, args.img_size), strict=True
+    ):
+        print(f"{path}\n  mask:    {mask}\n  overlay: {picture}")
+        print("  " + ", ".join(f"{name} {share:.1f}%" for name, share in shares.items()))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.train.config import FIELDS, load_yaml, make_config
     from vitlab.train.run import train
@@ -150,6 +171,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.evaluate import evaluate
+    from vitlab.train.seg_eval import is_segmentation
+
+    if is_segmentation(args.model, args.checkpoint):
+        return eval_masks(args)
 
     metrics = evaluate(
         args.model,
@@ -157,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.data,
         args.data_dir,
         split=args.split,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 256,
         img_size=args.img_size,
         device=args.device,
         workers=args.workers,
@@ -168,6 +193,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
     )
+    return 0
+
+
+def eval_masks(args: argparse.Namespace) -> int:
+    """`vitlab eval` for a segmentation model: the per-class table, mIoU, mAcc and aAcc."""
+    from vitlab.train.seg_eval import evaluate_segmentation
+
+    metrics = evaluate_segmentation(
+        args.model, args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size or 8,
+        img_size=args.img_size, device=args.device, workers=args.workers, progress=sys.stderr.isatty(), amp=args.amp,
+        slide=args.slide, crop_size=args.crop_size, stride=args.stride, flip=args.flip, scales=args.scales,
+    )  # fmt: skip
+    print(f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images)")
+    print(metrics["table"])
     return 0
 
 
@@ -225,28 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", help="shell pattern or substring of the names, e.g. 'deit*'")
     models.set_defaults(func=cmd_models)
 
-    predict = commands.add_parser("predict", help="top-k classes of images")
+    predict = commands.add_parser("predict", help="top-k classes of images (segmentation: mask and overlay PNGs)")
     predict.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     predict.add_argument("--checkpoint", required=True, help="weights in any layout vitlab loads")
     predict.add_argument("--labels", help="file with one class name per line (default: the checkpoint's names)")
     predict.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
     predict.add_argument("--top", type=positive_int, default=5)
     predict.add_argument("--draw", help="image-to-sequence models: draw the decoder's cross-attention to this .png")
+    predict.add_argument("--output", default=".", help="segmentation: folder for the masks and overlays (default: .)")
     predict.add_argument("images", nargs="+")
     predict.set_defaults(func=cmd_predict)
 
     train = commands.add_parser(
         "train",
-        help="train a classifier (torchrun --nproc_per_node=N -m vitlab train ... for several processes)",
-        description="Train any vitlab classifier. Options may come from --config recipe.yaml (keys are the long "
-        "option names); options on the command line override the recipe.",
+        help="train a classifier or a segmentation model (torchrun --nproc_per_node=N -m vitlab train ... for "
+        "several processes)",
+        description="Train any vitlab classifier or segmentation model. Options may come from --config recipe.yaml "
+        "(keys are the long option names); options on the command line override the recipe.",
     )
     train.add_argument("--config", help="YAML recipe (e.g. recipes/fashion-mnist.yaml or a run's config.yaml)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     add_train_options(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="top-1 / top-5 of a checkpoint on a dataset")
+    evaluate = commands.add_parser("eval", help="top-1 / top-5 (or mIoU per class) of a checkpoint on a dataset")
     evaluate.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--data", required=True, help="demo, mnist, fashion-mnist, cifar10, cifar100 or a folder")
@@ -254,11 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--split", choices=("all", "train", "val", "test"), help="default: all for an image folder, else test"
     )
-    evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, help="default: 256 (classification), 8 (segmentation)")
     evaluate.add_argument("--img-size", type=positive_int)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    segmentation = evaluate.add_argument_group("segmentation models")
+    segmentation.add_argument("--slide", action="store_true", help="sliding-window inference (mmseg's slide)")
+    segmentation.add_argument("--crop-size", type=positive_int, help="window side (default: the model's scale)")
+    segmentation.add_argument("--stride", type=positive_int, help="window stride (default: 2/3 of the crop)")
+    segmentation.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    segmentation.add_argument(
+        "--scales", type=float, nargs="+", metavar="R", help="test-time resize ratios, e.g. 0.75 1 1.25"
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     demo = commands.add_parser("demo", help="train a small ViT on the built-in data and draw its attention")

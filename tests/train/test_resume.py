@@ -35,7 +35,7 @@ def _checkpoint_position(path) -> tuple[int, int] | None:
     return int(state["epoch"]), int(state["step"])
 
 
-def _start_then_kill(args, output, target, delay):
+def _start_then_kill(args, output, target, delay, command=("-m", "vitlab")):
     """Start the run (the same command every time, as a scheduler resubmits it), let it write its
     checkpoint at (epoch, step) `target` or later, wait `delay` seconds more (somewhere inside the next
     steps or a checkpoint write), then SIGKILL it; returns where its last checkpoint is.
@@ -43,7 +43,7 @@ def _start_then_kill(args, output, target, delay):
     Kills are placed by training position, not by wall time alone: on a fast machine a time-only kill
     can land after the last step, while the run writes its final files."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "vitlab", *args], env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *command, *args], env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         position = _checkpoint_position(output / "checkpoint-last.pt")
@@ -84,6 +84,35 @@ def test_killed_three_times_at_random_moments_then_resumed_gives_bit_identical_w
         assert torch.equal(ref_state["model"][key], new_state["model"][key]), key
     assert (reference / "metrics.csv").read_text().splitlines()[-1].split(",")[:6] == (
         (killed / "metrics.csv").read_text().splitlines()[-1].split(",")[:6]
+    )
+
+
+# Segmentation: every random part of its pipeline (rescale, crop with cat_max_ratio, flip, photometric
+# distortion), BatchNorm and an auxiliary head, on the toy segmenter registered in the subprocess.
+SEG_COMMAND = ("-c", "import sys; from tests.segmentation.toy import register; register(); "
+               "from vitlab.cli import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+
+
+def test_a_killed_segmentation_run_resumes_to_bit_identical_weights(tmp_path):
+    from tests.segmentation.data import train_args as seg_args
+    from tests.segmentation.data import write_folder
+    from tests.segmentation.toy import registered
+
+    data = write_folder(tmp_path / "data", train=16, val=4, size=(20, 28))
+    recipe = ["--model-args", '{"aux": true}', "--checkpoint-every", "1", "--ratio-range", "0.5", "2.0"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    with registered():
+        assert main(["--threads", "1", *seg_args(data, reference, *recipe, epochs=12)]) == 0
+        args = ["--threads", "1", *seg_args(data, killed, *recipe, epochs=12), "--resume"]
+        positions = [_start_then_kill(args, killed, target, 0.01, SEG_COMMAND) for target in [(2, 1), (7, 2)]]
+        assert positions == sorted(positions) and positions[-1][0] < 12
+        assert main(args) == 0
+    expected, actual = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert (reference / "metrics.csv").read_text().splitlines()[-1].split(",")[:7] == (
+        (killed / "metrics.csv").read_text().splitlines()[-1].split(",")[:7]
     )
 
 

@@ -76,6 +76,9 @@ def load(dataset: Dataset, plan: list[Tensor], workers: int) -> Iterator[tuple[T
     """The batches of `plan` (lists of indices); a file that cannot be decoded raises BadImageError here,
     in the main process, naming the file (an error raised inside a worker would lose its type).
     """
+    if hasattr(dataset, "batches"):  # a segmentation dataset forms its own (image, mask) batches
+        yield from dataset.batches(plan, workers)
+        return
     if isinstance(dataset, ArrayDataset):
         for indices in plan:
             yield dataset.get_batch(indices)

@@ -61,6 +61,16 @@ class TrainConfig:
     clip_grad: float | None = None
     layer_decay: float | None = None  # layer-wise lr decay for fine-tuning, e.g. 0.65
     label_smoothing: float = 0.1
+    optimizer: str = "adamw"  # adamw, sgd (with --momentum; mmseg's SETR and Segmenter recipes)
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine, poly (linear warmup, then (1 - progress) ** poly_power down to min_lr)
+    poly_power: float = 1.0
+    head_lr_mult: float = 1.0  # segmentation: the decoders' learning rate is lr x this (SegFormer: 10)
+    # Segmentation augmentation (mmseg's pipeline): --img-size is the side pairs are stored at.
+    crop_size: int | None = None  # the training crop (default: --img-size)
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescale of each pair before the crop
+    cat_max_ratio: float = 0.75  # retry a crop where one class covers more than this of its labels
+    photometric: bool = True  # brightness, contrast, saturation, hue (images only)
     # Regularisation and augmentation.
     drop_path: float | None = None
     ema: bool = False
@@ -135,6 +145,8 @@ CHOICES = {
     "distillation": ("none", "soft", "hard"),
     "amp": ("auto", "none", "bf16", "fp16"),
     "progress": ("auto", "on", "off"),
+    "optimizer": ("adamw", "sgd"),
+    "schedule": ("cosine", "poly"),
 }
 
 
@@ -195,11 +207,11 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) not in allowed:
             raise ConfigError(f"option {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
     positive = ["epochs", "max_steps", "batch_size", "accum_steps", "repeated_aug", "val_every", "train_images"]
-    positive.append("strips")
+    positive += ["strips", "crop_size"]
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"option {name} must be at least 1, got {getattr(config, name)}")
-    for name in ("lr", "lr_base_batch"):
+    for name in ("lr", "lr_base_batch", "head_lr_mult", "poly_power", "cat_max_ratio"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ConfigError(f"option {name} must be positive, got {getattr(config, name)}")
     for name in ("min_lr", "warmup_lr", "weight_decay", "label_smoothing", "warmup_epochs", "drop_path"):
@@ -211,6 +223,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"batch size {config.batch_size} is not divisible by accum_steps {config.accum_steps}")
     if not 0.0 <= config.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if not 0.0 < config.ratio_range[0] <= config.ratio_range[1]:
+        raise ConfigError(f"ratio_range must be two positive numbers, low then high, got {list(config.ratio_range)}")
     if not 0.0 <= config.holdout < 1.0:
         raise ConfigError(f"holdout must be in [0, 1), got {config.holdout}")
 

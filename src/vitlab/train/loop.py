@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from vitlab.data.loader import train_batches
 from vitlab.train.config import TrainConfig
 from vitlab.train.distributed import DistInfo, all_reduce_sum, broadcast_buffers
-from vitlab.train.optim import cosine_lr, set_lr
+from vitlab.train.optim import cosine_lr, poly_lr, set_lr
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import TrainState
 from vitlab.train.tasks import Task
@@ -69,6 +69,8 @@ class Run:
     def learning_rate(self, global_step: int) -> float:
         config, steps = self.config, self.steps_per_epoch
         total, warmup = config.total_steps(steps), config.warmup_steps(steps)
+        if config.schedule == "poly":
+            return poly_lr(global_step, total, warmup, self.lr, config.min_lr, config.warmup_lr, config.poly_power)
         return cosine_lr(global_step, total, warmup, self.lr, config.min_lr, config.warmup_lr)
 
 
@@ -199,7 +201,9 @@ def diverged_message(run: Run, value: float) -> str:
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     line = f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}"
-    if "val_top1" in row:
+    if "val_miou" in row:  # segmentation
+        line += f", val loss {row['val_loss']:.4f}, mIoU {row['val_miou']:.2f}, aAcc {row['val_aacc']:.2f}"
+    elif "val_top1" in row:
         ema = f", EMA top-1 {row['ema_val_top1']:.2f}" if "ema_val_top1" in row else ""
         line += f", val loss {row['val_loss']:.4f}, top-1 {row['val_top1']:.2f}, top-5 {row['val_top5']:.2f}{ema}"
     elif "val_loss" in row:  # another task's metrics (sequence-to-sequence: seq_acc, token_acc)

@@ -1,4 +1,5 @@
-"""AdamW parameter groups (weight decay, layer-wise lr decay) and the warmup + cosine schedule."""
+"""Parameter groups (weight decay, layer-wise lr decay, a head multiplier) and the warmup + cosine or
+poly schedules."""
 
 from __future__ import annotations
 
@@ -20,12 +21,20 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, layer_decay: float | None = None, extra: Iterable[nn.Module] = ()
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    extra: Iterable[nn.Module] = (),
+    head: Iterable[str] = (),
+    head_lr_mult: float = 1.0,
 ) -> list[dict]:
     """Groups for AdamW: no decay on 1-D parameters (norms, biases) and on `model.no_weight_decay()`;
     with `layer_decay`, each group's `lr_scale` is layer_decay ** (L + 1 - depth), so the head
-    trains at the full rate and the embedding at the smallest (BEiT / MAE fine-tuning).
+    trains at the full rate and the embedding at the smallest (BEiT / MAE fine-tuning). Parameters
+    named in `head` (a segmentation model's decoders) have their `lr_scale` times `head_lr_mult`
+    (mmseg's `paramwise_cfg` lr_mult for the head).
     """
+    head = set(head)
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     ids, depth = layer_ids(model) if layer_decay is not None else ({}, 0)
     groups: dict[tuple[bool, int], dict] = {}
@@ -37,12 +46,13 @@ def param_groups(
             continue
         decay = param.ndim > 1 and name not in skip and not name.endswith(".bias")
         layer = ids.get(name, depth + 1)
-        key = (decay, layer)
+        key = (decay, layer, name in head)
         if key not in groups:
             scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+            scale *= head_lr_mult if key[2] else 1.0
             groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
         groups[key]["params"].append(param)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], k[2], not k[0]))]
 
 
 def cosine_lr(step: int, total: int, warmup: int, lr: float, min_lr: float, warmup_lr: float) -> float:
@@ -51,6 +61,15 @@ def cosine_lr(step: int, total: int, warmup: int, lr: float, min_lr: float, warm
         return warmup_lr + (lr - warmup_lr) * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def poly_lr(step: int, total: int, warmup: int, lr: float, min_lr: float, warmup_lr: float, power: float) -> float:
+    """Linear warmup from `warmup_lr` to `lr` over `warmup` steps, then the poly decay of mmseg 1.x's
+    `PolyLR(eta_min=min_lr, begin=warmup)`: min_lr + (lr - min_lr) (1 - (step - warmup) / (total - warmup)) ** power."""
+    if step < warmup:
+        return warmup_lr + (lr - warmup_lr) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (lr - min_lr) * (1 - progress) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

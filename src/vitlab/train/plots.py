@@ -18,8 +18,8 @@ def _figure_bytes(fig) -> bytes:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss (left) and the validation accuracies (right: top-1 / top-5, or a
-    sequence task's) per epoch."""
+    """Training and validation loss (left) and the validation metrics (right: top-1 / top-5, mIoU / mAcc /
+    aAcc, or a sequence task's) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,11 +33,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     left.plot(val_epochs, [row["val_loss"] for row in validated], "o-", label="validation")
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    for key in [k for k in validated[0] if k.startswith("val_") and k != "val_loss"]:  # top1, top5 / seq_acc, ...
-        right.plot(val_epochs, [row[key] for row in validated], "o-", label=key[4:].replace("top", "top-"))
-    if "ema_val_top1" in validated[0]:
-        right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
-    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    if "val_miou" in validated[0]:  # segmentation
+        for key, label in (("val_miou", "mIoU"), ("val_macc", "mAcc"), ("val_aacc", "aAcc")):
+            right.plot(val_epochs, [row[key] for row in validated], "o-", label=label)
+        right.set(xlabel="epoch", ylabel="%", title="validation mIoU and accuracy")
+    else:
+        for key in [k for k in validated[0] if k.startswith("val_") and k != "val_loss"]:  # top1, top5 / seq_acc
+            right.plot(val_epochs, [row[key] for row in validated], "o-", label=key[4:].replace("top", "top-"))
+        if "ema_val_top1" in validated[0]:
+            right.plot(val_epochs, [row["ema_val_top1"] for row in validated], "o--", label="EMA top-1")
+        right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
     right.legend()
     for ax in (left, right):
         ax.grid(alpha=0.3)

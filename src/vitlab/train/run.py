@@ -25,7 +25,9 @@ from vitlab.train.loop import Run, fit
 from vitlab.train.precision import autocast, resolve_amp
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import TrainState
+from vitlab.train.tasks import Task
 from vitlab.train.tasks.classification import ClassificationTask
+from vitlab.train.tasks.segmentation import SegmentationTask, load_segmentation_data
 
 
 def train(config: TrainConfig, resume: bool = False, threads: int | None = None) -> dict[str, Any]:
@@ -59,23 +61,13 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     amp = resolve_amp(config.amp, info.device)
     progress = info.main and (config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()))
     entry = get_entry(config.model)
-    data, img_size, skipped = load_data(config, entry, info, progress, log)
-    seq2seq = entry.task == "sequence-to-sequence"
-    if seq2seq:  # the images become strips, their labels sequences
-        from vitlab.train.tasks.seq2seq import Seq2SeqTask, strip_splits
-
-        data = strip_splits(data, config)
-
+    data, img_size, skipped, crop = task_data(config, entry, info, progress, log)
     seed_everything(config.seed)  # the same on every process: the same initial weights
     model, model_args = build_model(config, len(data.classes), img_size, load_pretrained=saved is None)
     model.to(info.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    teacher = build_teacher(config, len(data.classes), model, info.device)
-    if seq2seq:
-        task = Seq2SeqTask(config, model, info, progress)
-    else:
-        task = ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
+    task = build_task(config, entry, model, data, img_size, crop, info, progress)
     state = TrainState(
         model,
         build_optimizer(config, model, task.extra_module, info.device),
@@ -119,6 +111,53 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
             stacklevel=2,
         )
     return run
+
+
+def task_data(config: TrainConfig, entry: Any, info: DistInfo, progress: bool, log) -> tuple[Any, int, list, Any]:
+    """(splits, image size, skipped files, crop size) for the model's task: image/mask pairs stored at
+    the evaluation scale and trained on crops (segmentation), strips of images (sequence-to-sequence),
+    or images."""
+    if entry.task == "semantic-segmentation":
+        data, img_size, crop = load_segmentation_data(config, entry, info, log)
+        return data, img_size, [], crop
+    data, img_size, skipped = load_data(config, entry, info, progress, log)
+    if entry.task == "sequence-to-sequence":  # the images become strips, their labels sequences
+        from vitlab.train.tasks.seq2seq import strip_splits
+
+        data = strip_splits(data, config)
+    return data, img_size, skipped, None
+
+
+def build_task(config: TrainConfig, entry: Any, model: nn.Module, data: Any, img_size: int, crop: Any,
+               info: DistInfo, progress: bool) -> Task:  # fmt: skip
+    """The task the model's registered task names."""
+    if entry.task == "semantic-segmentation":
+        return SegmentationTask(config, model, crop, info, progress)
+    if entry.task == "sequence-to-sequence":
+        from vitlab.train.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask(config, model, info, progress)
+    teacher = build_teacher(config, len(data.classes), model, info.device)
+    return ClassificationTask(config, model, len(data.classes), img_size, info, teacher, progress)
+
+
+def metrics_test(run: Run) -> tuple[dict[str, Any], str]:
+    """The final weights' metrics on the test split (the last validation's when that is the test split):
+    top-1 / top-5 for classification, the task's own otherwise (sequence accuracy, token accuracy)."""
+    state, data = run.state, run.data
+    last = state.history[-1]
+    if data.test is data.val:  # the last validation already measured these weights on this split
+        prefix = "ema_val_" if state.ema is not None else "val_"
+        test = {k.removeprefix(prefix): v for k, v in last.items() if k.startswith(prefix)}
+    else:
+        test = run.task.evaluate(state.final_model, data.test, run.amp, "testing")
+    test.pop("loss", None)
+    fields = {**{f"test_{k}": v for k, v in test.items()}, f"best_val_{run.task.selection_metric}": state.best_val}
+    if "top1" in test:
+        scores = f"top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}%"
+    else:
+        scores = ", ".join(f"{k} {v:.2f}%" for k, v in test.items())
+    return fields, f"test {scores} ({len(data.test)} {'strips' if seq2seq_run(run) else 'images'})"
 
 
 def seq2seq_run(run: Run) -> bool:
@@ -172,19 +211,16 @@ def finish(run: Run) -> dict[str, Any]:
     """Test the final weights once, write them, the summary and the curves; returns the summary."""
     config, state, data, info = run.config, run.state, run.data, run.info
     final = state.final_model
-    last = state.history[-1]
-    if data.test is data.val:  # the last validation already measured these weights on this split
-        prefix = "ema_val_" if state.ema is not None else "val_"
-        test = {k.removeprefix(prefix): v for k, v in last.items() if k.startswith(prefix) and k != "val_loss"}
+    if isinstance(run.task, SegmentationTask):  # per-class results: the test split is measured again
+        fields, line = run.task.test_summary(final, data, run.amp, state.best_val)
     else:
-        test = run.task.evaluate(final, data.test, run.amp, "testing")
+        fields, line = metrics_test(run)
     args = run.checkpoint_extras["model_args"]
     summary = {
         "model": config.model,
         "model_args": args,
         "data": data.name,
-        **{f"test_{k}": v for k, v in test.items() if k != "loss"},  # test_top1, test_top5 / test_seq_acc, ...
-        f"best_val_{run.task.selection_metric}": state.best_val,
+        **fields,
         "val_is_test": data.test is data.val,
         "epochs": run.epochs,
         "steps": config.total_steps(run.steps_per_epoch),
@@ -205,13 +241,9 @@ def finish(run: Run) -> dict[str, Any]:
         run.rundir.write_weights(final.state_dict(), data.classes, config.model, args)
         run.rundir.write_summary(summary)
         run.rundir.write_curves(state.history)
-        scores = (
-            f"top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}%"
-            if "top1" in test
-            else ", ".join(f"{k} {v:.2f}%" for k, v in test.items() if k != "loss")
-        )
-        run.log(
-            f"test {scores} ({len(data.test)} {'strips' if seq2seq_run(run) else 'images'}); wrote "
-            f"{run.rundir}/model.safetensors, summary.json, metrics.csv, curves.png"
-        )
+        written = "model.safetensors, summary.json, metrics.csv, curves.png"
+        if isinstance(run.task, SegmentationTask):
+            run.task.draw_predictions(final, data.val, run.rundir.path / "predictions.png")
+            written += ", predictions.png"
+        run.log(f"{line}; wrote {run.rundir}/{written}")
     return summary
