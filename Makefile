@@ -43,6 +43,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/swin.py
 	$(BENCH_PY) benchmarks/pvt.py
 	$(BENCH_PY) benchmarks/convit.py
+	$(BENCH_PY) benchmarks/segformer.py
 	$(BENCH_PY) benchmarks/scaling.py
 
 # Full-size parity against the live reference packages (timm, transformers).

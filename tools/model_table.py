@@ -35,6 +35,11 @@ OTHER_CHECKS = {
     "VTResNet": "no released code: every equation vs an unbatched transcription (tests/models/test_vt.py)",
     "conv_stem_vit": "vitlab's own configuration: no reference",
     "ConvNet": "vitlab's own configuration: no reference",
+    "SegFormer": "live: B0 vs HF at 512x384",
+    "Segmenter": "live: T linear/mask and S mask vs the release",
+    "TransformerSeq2Seq": "nn.Transformer (post-norm, norm_first) in tests/seq2seq/test_parity.py; live: base, big",
+    "RecurrentSeq2Seq": "no reference: Bahdanau and Luong scores vs the papers' equations (tests/seq2seq/test_rnn.py)",
+    "ImageToSequence": "vitlab's own configuration: its decoder is TransformerSeq2Seq's",
 }
 
 
