@@ -63,6 +63,8 @@ def main() -> None:
         info = vitlab.model_info(name)
         entry = get_entry(name)
         size = "x".join(str(s) for s in info["input_size"][1:])
+        if entry.task == "sequence-to-sequence" and entry.builder.__name__ != "ImageToSequence":
+            size = "32 + 32 tokens"  # model_info counts one pair of 32 source and 32 target tokens
         checks = sorted(layouts.get(entry.builder, ()))
         checks = (["fixtures: " + ", ".join(checks)] if checks else []) + [OTHER_CHECKS.get(entry.builder.__name__, "")]
         checked = "; ".join(c for c in checks if c) or "none"
