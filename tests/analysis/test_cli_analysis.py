@@ -74,3 +74,21 @@ def test_attention_on_a_dataset_image(tmp_path, capsys):
     assert out.stat().st_size > 5000
     assert main(["attention", "--model", "vit_mini_28"]) == 2
     assert "IMAGE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", __import__("vitlab").list_models(task="semantic-segmentation"))
+def test_every_segmentation_model_draws_its_attention(model, picture, tmp_path, capsys):
+    """The decoders' encoders (and Segmenter's mask transformer) are recorded like any backbone's; the
+    model has no `img_size` of its own, so the image is prepared at its registered input size."""
+    out = tmp_path / "maps.png"
+    args = ["--threads", "1", "attention", "--model", model, "--tiny", str(picture), "--img-size", "64"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert np.asarray(Image.open(out).convert("RGB"), dtype=np.float64).std() > 10
+
+
+def test_sequence_models_point_to_where_their_attention_is_drawn(picture, capsys):
+    assert main(["attention", "--model", "image_to_sequence_vit", "--tiny", str(picture)]) == 2
+    assert "--draw attention.png" in capsys.readouterr().err
+    assert main(["attention", "--model", "transformer_small", "--tiny", str(picture)]) == 2
+    assert "token sequences, not images" in capsys.readouterr().err

@@ -44,13 +44,32 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     return load_model(args.checkpoint, **overrides).eval()
 
 
+def input_side(model: nn.Module, fallback: int) -> int:
+    """The side images are prepared at: the model's own `img_size` (a side or a pair), else `fallback`."""
+    size = getattr(model, "img_size", None)
+    if size is None:
+        return fallback
+    return size if isinstance(size, int) else size[0]
+
+
 def model_input(model: nn.Module, args: argparse.Namespace) -> torch.Tensor:
     """The image file, or test image `--index` of `--data`, prepared as `vitlab eval` prepares it."""
     from vitlab.data.augment import EvalPreprocess
     from vitlab.data.transforms import preprocess_files
 
+    if getattr(model, "task", None) == "sequence-to-sequence":
+        from vitlab.seq2seq.image import ImageToSequence
+
+        if isinstance(model, ImageToSequence):
+            hint = (
+                "reads image strips: `vitlab predict --checkpoint RUN/model.safetensors --draw attention.png "
+                "STRIP.png` draws its decoder's cross-attention over the strip"
+            )
+        else:
+            hint = "reads token sequences, not images: `vitlab.capture_attention(model)` records its attention"
+        raise AnalysisUsageError(f"{model.entry.name} {hint}")
     pre = model.entry.preprocess
-    size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
+    size = args.img_size or input_side(model, pre.img_size)
     if args.data:
         from vitlab.analysis.analyze import dataset_images
 
@@ -134,7 +153,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     model = build_model(args)
     raw, _ = dataset_images(args.data, args.data_dir, args.images, args.split)
     pre = model.entry.preprocess
-    size = args.img_size or (model.img_size[0] if model.img_size else raw.shape[-1])
+    size = args.img_size or input_side(model, raw.shape[-1])
     images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
     try:
         result = analyze_batches(model, images, args.batch_size)

@@ -53,11 +53,12 @@ def confusion(predicted: Tensor, labels: Tensor, classes: int) -> Tensor:
 def _evaluation(model, config: dict, count: int):
     """Predictions on the first `count` test images: (normalised images, labels, predictions)."""
     from vitlab.analysis.analyze import dataset_images
+    from vitlab.analysis.commands import input_side
     from vitlab.data.augment import EvalPreprocess
 
     raw, labels = dataset_images(config["data"], config.get("data_dir"), count)
     pre = model.entry.preprocess
-    size = model.img_size[0] if model.img_size else raw.shape[-1]
+    size = input_side(model, raw.shape[-1])
     images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
     with torch.no_grad():
         predicted = torch.cat([model(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
