@@ -48,3 +48,31 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert screenshot.stat().st_size > 10_000
     assert not re.search(r"CONSOLE\(\d+\)", result.stderr), result.stderr[-2000:]  # no console message at all
+
+
+def test_a_sequence_run_gets_a_report_without_image_evaluation(tmp_path):
+    from tests.seq2seq.test_train import strip_args
+
+    data = write_mnist(tmp_path / "data", train=64, test=32)
+    assert main(["--threads", "1", *strip_args(data, tmp_path / "run", epochs=1)]) == 0
+    assert main(["--threads", "1", "report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "test_seq_acc" in page and "--draw attention.png" in page and "<h2>Model card" in page
+    assert "<h2>Per-class accuracy" not in page  # no image classification to score
+
+
+def test_a_segmentation_report_lists_the_per_class_iou_and_the_predictions(tmp_path):
+    from PIL import Image
+
+    from vitlab.analysis.report import _segmentation_sections
+
+    summary = {
+        "test_miou": 50.0,
+        "test_per_class_iou": {"background": 90.0, "cat": 10.0},
+        "test_per_class_acc": {"background": 95.0, "cat": 20.5},
+    }
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "predictions.png")
+    page = "".join(_segmentation_sections(tmp_path, summary))
+    assert "test mIoU 50.00" in page
+    assert "<tr><td>cat</td><td>10.00</td><td>20.50</td></tr>" in page
+    assert "data:image/png;base64," in page

@@ -87,32 +87,11 @@ def _attention_section(model, images: Tensor, work: Path) -> str:
     return "".join(parts)
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None, images: int = 500) -> Path:
-    """Write the HTML report of a run; returns its path (RUN_DIR/report.html by default)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _classification_sections(model, config: dict, images: int, names: list[str]) -> list[str]:
+    """Per-class accuracy, the confusion matrix and attention pictures on the first test images."""
     import matplotlib.pyplot as plt
 
-    from vitlab.analysis.cards import model_card
-    from vitlab.registry import load_model
-
-    run = RunDir(run_dir)
-    if not run.weights.is_file():
-        raise FileNotFoundError(f"{run.weights} not found: a report needs a finished run")
-    config = run.read_config()
-    model = load_model(run.weights).eval()
-    names = getattr(model, "class_names", None) or [str(c) for c in range(model.num_classes)]
-    sections = [f"<h1>Run {html.escape(str(run.path.name))}: {html.escape(model.entry.name)}</h1>"]
-    sections.append(f"<h2>Configuration</h2><pre>{html.escape((run.path / RunDir.CONFIG).read_text())}</pre>")
-    if (run.path / RunDir.CURVES).is_file():
-        sections.append("<h2>Curves</h2>" + _png(run.path / RunDir.CURVES))
-    if (run.path / RunDir.METRICS).is_file():
-        rows = list(csv.reader((run.path / RunDir.METRICS).read_text().splitlines()))
-        sections.append("<h2>Metrics by epoch</h2>" + _table(rows[0], rows[1:]))
-    if (run.path / RunDir.SUMMARY).is_file():
-        summary = json.loads((run.path / RunDir.SUMMARY).read_text())
-        sections.append("<h2>Summary</h2>" + _table(["measure", "value"], [[k, v] for k, v in summary.items()]))
+    sections = []
     x, labels, predicted = _evaluation(model, config, images)
     matrix = confusion(predicted, labels, model.num_classes)
     per_class = [
@@ -133,6 +112,57 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, images: 
     plt.close(fig)
     with tempfile.TemporaryDirectory() as work:
         sections.append("<h2>Attention on test images</h2>" + _attention_section(model, x, Path(work)))
+    return sections
+
+
+def _segmentation_sections(path: Path, summary: dict) -> list[str]:
+    """Per-class IoU and accuracy of the run's test measurement, and its picture of predictions."""
+    iou, acc = summary.get("test_per_class_iou", {}), summary.get("test_per_class_acc", {})
+    rows = [[name, f"{value:.2f}", f"{acc.get(name, float('nan')):.2f}"] for name, value in iou.items()]
+    sections = [f"<h2>Per-class IoU (test mIoU {summary.get('test_miou', float('nan')):.2f})</h2>"]
+    sections.append(_table(["class", "IoU (%)", "accuracy (%)"], rows))
+    if (path / "predictions.png").is_file():
+        sections.append("<h2>Validation images: image, truth, prediction</h2>" + _png(path / "predictions.png"))
+    return sections
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None, images: int = 500) -> Path:
+    """Write the HTML report of a run; returns its path (RUN_DIR/report.html by default)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from vitlab.analysis.cards import model_card
+    from vitlab.registry import load_model
+
+    run = RunDir(run_dir)
+    if not run.weights.is_file():
+        raise FileNotFoundError(f"{run.weights} not found: a report needs a finished run")
+    config = run.read_config()
+    model = load_model(run.weights).eval()
+    names = getattr(model, "class_names", None) or [str(c) for c in range(model.num_classes)]
+    sections = [f"<h1>Run {html.escape(str(run.path.name))}: {html.escape(model.entry.name)}</h1>"]
+    sections.append(f"<h2>Configuration</h2><pre>{html.escape((run.path / RunDir.CONFIG).read_text())}</pre>")
+    if (run.path / RunDir.CURVES).is_file():
+        sections.append("<h2>Curves</h2>" + _png(run.path / RunDir.CURVES))
+    if (run.path / RunDir.METRICS).is_file():
+        rows = list(csv.reader((run.path / RunDir.METRICS).read_text().splitlines()))
+        sections.append("<h2>Metrics by epoch</h2>" + _table(rows[0], rows[1:]))
+    summary = {}
+    if (run.path / RunDir.SUMMARY).is_file():
+        summary = json.loads((run.path / RunDir.SUMMARY).read_text())
+        sections.append("<h2>Summary</h2>" + _table(["measure", "value"], [[k, v] for k, v in summary.items()]))
+    task = model.entry.task
+    if task == "image-classification":
+        sections += _classification_sections(model, config, images, names)
+    elif task == "semantic-segmentation":
+        sections += _segmentation_sections(run.path, summary)
+    else:  # sequence-to-sequence: the summary holds its sequence and token accuracy
+        sections.append(
+            "<p>Sequence-to-sequence run: its sequence and token accuracies are in the summary above; "
+            "<code>vitlab predict --checkpoint RUN/model.safetensors --draw attention.png STRIP.png</code> "
+            "draws the decoder's cross-attention over a strip.</p>"
+        )
     card = "the registered variant; the run's own arguments are in its configuration above"
     sections.append(f"<h2>Model card ({card})</h2><pre>{html.escape(model_card(model.entry.name))}</pre>")
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vitlab report</title><style>{STYLE}</style>"
