@@ -92,3 +92,17 @@ def test_sequence_models_point_to_where_their_attention_is_drawn(picture, capsys
     assert "--draw attention.png" in capsys.readouterr().err
     assert main(["attention", "--model", "transformer_small", "--tiny", str(picture)]) == 2
     assert "token sequences, not images" in capsys.readouterr().err
+
+
+def test_analyze_a_segmentation_model_measures_its_encoder(tmp_path, capsys):
+    out = tmp_path / "seg"
+    args = ["--threads", "1", "analyze", "--model", "segformer_b0", "--tiny", "--data", "demo", "--images", "4"]
+    assert main([*args, "--img-size", "64", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "analysing its encoder (MixVisionTransformer)" in printed and "patch |cos| per block" in printed
+    with open(out / "attention.csv") as f:
+        assert {row["layer"].split(".")[0] for row in csv.DictReader(f)} == {"stages"}
+    assert main([*args, "--output", str(out)]) == 2  # the demo's 28x28 images are too small for it
+    assert "at least 29x29 pixels, got 28x28" in capsys.readouterr().err
+    assert main(["analyze", "--model", "transformer_small", "--tiny", "--data", "demo", "--output", str(out)]) == 2
+    assert "token sequences, not images" in capsys.readouterr().err

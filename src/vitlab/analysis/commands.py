@@ -52,22 +52,28 @@ def input_side(model: nn.Module, fallback: int) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+def refuse_sequence_model(model: nn.Module) -> None:
+    """Sequence models take strips or tokens, not one image: say where their attention is drawn."""
+    if getattr(model, "task", None) != "sequence-to-sequence":
+        return
+    from vitlab.seq2seq.image import ImageToSequence
+
+    if isinstance(model, ImageToSequence):
+        hint = (
+            "reads image strips: `vitlab predict --checkpoint RUN/model.safetensors --draw attention.png "
+            "STRIP.png` draws its decoder's cross-attention over the strip"
+        )
+    else:
+        hint = "reads token sequences, not images: `vitlab.capture_attention(model)` records its attention"
+    raise AnalysisUsageError(f"{model.entry.name} {hint}")
+
+
 def model_input(model: nn.Module, args: argparse.Namespace) -> torch.Tensor:
     """The image file, or test image `--index` of `--data`, prepared as `vitlab eval` prepares it."""
     from vitlab.data.augment import EvalPreprocess
     from vitlab.data.transforms import preprocess_files
 
-    if getattr(model, "task", None) == "sequence-to-sequence":
-        from vitlab.seq2seq.image import ImageToSequence
-
-        if isinstance(model, ImageToSequence):
-            hint = (
-                "reads image strips: `vitlab predict --checkpoint RUN/model.safetensors --draw attention.png "
-                "STRIP.png` draws its decoder's cross-attention over the strip"
-            )
-        else:
-            hint = "reads token sequences, not images: `vitlab.capture_attention(model)` records its attention"
-        raise AnalysisUsageError(f"{model.entry.name} {hint}")
+    refuse_sequence_model(model)
     pre = model.entry.preprocess
     size = args.img_size or input_side(model, pre.img_size)
     if args.data:
@@ -101,7 +107,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     images = model_input(model, args)
     try:
         layers = record_layers(model, images)
-    except NoAttentionError as err:
+    except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     if args.list:
         for i, layer in enumerate(layers):
@@ -151,17 +157,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from vitlab.data.augment import EvalPreprocess
 
     model = build_model(args)
+    refuse_sequence_model(model)
     raw, _ = dataset_images(args.data, args.data_dir, args.images, args.split)
     pre = model.entry.preprocess
     size = args.img_size or input_side(model, raw.shape[-1])
     images = EvalPreprocess(size, pre.mean, pre.std, model.in_chans)(raw)
+    if getattr(model, "task", None) == "semantic-segmentation":
+        print(f"{model.entry.name}: analysing its encoder ({type(model.backbone).__name__}), the decoder left out")
+        model = model.backbone
     try:
         result = analyze_batches(model, images, args.batch_size)
-    except NoAttentionError as err:
+    except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     output = Path(args.output)
     write_csv(result, output)
-    plot_results(result, output, f"{model.entry.name} on {result['images']} {args.data} images")
+    plot_results(result, output, f"{args.model or args.checkpoint} on {result['images']} {args.data} images")
     for (name, kind), d, e in zip(result["layers"], result["distance"], result["entropy"], strict=True):
         dist = "" if d is None else f"distance {float(d.mean()):6.2f}px  "
         print(f"{name:32s} {kind:18s} {dist}entropy {float(e.mean()):.3f}")
