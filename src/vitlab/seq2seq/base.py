@@ -128,14 +128,18 @@ class Seq2SeqModel(nn.Module):
         return set()
 
     def example_inputs(self, batch: int = 1) -> tuple[Tensor, ...]:
-        """Inputs of one forward pass at the model's nominal sizes (parameters and MACs are counted on them)."""
-        raise NotImplementedError
+        """Inputs of one forward pass at the model's nominal sizes (parameters and MACs are counted on them):
+        for token models, `EXAMPLE_LENGTH` source and target tokens."""
+        device = next(self.parameters()).device
+        _, src_len, tgt_len = self.example_size
+        return (torch.full((batch, src_len), 3, dtype=torch.long, device=device),
+                torch.full((batch, tgt_len), 3, dtype=torch.long, device=device))  # fmt: skip
 
     @property
     def example_size(self) -> tuple[int, ...]:
         """The sizes `example_inputs` uses, as `model_info` reports them: (1, source length, target
         length) for token models, the image's (channels, height, width) for image-to-sequence."""
-        raise NotImplementedError
+        return (1, EXAMPLE_LENGTH, EXAMPLE_LENGTH)
 
 
 def label_smoothed_loss(logits: Tensor, targets: Tensor, smoothing: float = 0.1, ignore_index: int = PAD) -> Tensor:

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vitlab.layers.attention import AdditiveScores, AttentionLayer, attend
 from vitlab.registry import register_model
-from vitlab.seq2seq.base import EXAMPLE_LENGTH, PAD, Memory, Seq2SeqModel, check_padding, check_tokens
+from vitlab.seq2seq.base import PAD, Memory, Seq2SeqModel, check_padding, check_tokens
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 ATTENTIONS = ("bahdanau", "luong")
@@ -158,16 +158,6 @@ class RecurrentSeq2Seq(Seq2SeqModel):
         if cache is not None:
             cache.update(state)
         return logits
-
-    def example_inputs(self, batch: int = 1) -> tuple[Tensor, ...]:
-        device = next(self.parameters()).device
-        _, src_len, tgt_len = self.example_size
-        return (torch.full((batch, src_len), 3, dtype=torch.long, device=device),
-                torch.full((batch, tgt_len), 3, dtype=torch.long, device=device))  # fmt: skip
-
-    @property
-    def example_size(self) -> tuple[int, ...]:
-        return (1, EXAMPLE_LENGTH, EXAMPLE_LENGTH)
 
 
 _RNN = {"bahdanau": "Bahdanau et al. 2015 (additive attention)", "luong": "Luong et al. 2015 (general attention)"}

@@ -178,16 +178,6 @@ class TransformerSeq2Seq(Seq2SeqModel):
         placed = {n for g in groups for n in g}
         return [*groups, [n for n in names if n not in placed]]
 
-    def example_inputs(self, batch: int = 1) -> tuple[Tensor, ...]:
-        device = next(self.parameters()).device
-        _, src_len, tgt_len = self.example_size
-        return (torch.full((batch, src_len), 3, dtype=torch.long, device=device),
-                torch.full((batch, tgt_len), 3, dtype=torch.long, device=device))  # fmt: skip
-
-    @property
-    def example_size(self) -> tuple[int, ...]:
-        return (1, EXAMPLE_LENGTH, EXAMPLE_LENGTH)
-
 
 TRANSFORMER = "Transformer: Vaswani et al. 2017, Attention Is All You Need (Table 3)"
 TOKENS = Preprocess(input_size=(1, EXAMPLE_LENGTH, EXAMPLE_LENGTH), mean=(0.0,), std=(1.0,), crop_pct=1.0)
