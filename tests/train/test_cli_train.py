@@ -150,6 +150,8 @@ def test_bad_inputs_are_named_before_any_work(tmp_path, capsys):
     err = _error(capsys, ["eval", "--model", "vit_tiny_patch16_224", "--checkpoint", str(other), "--data", "mnist",
                           "--data-dir", str(data), "--img-size", "8"])  # fmt: skip
     assert "does not fit" in err
+    err = _error(capsys, ["eval", "--checkpoint", str(other), "--data", "mnist", "--data-dir", str(data)])
+    assert "does not say which model it holds: pass --model NAME" in err
     assert "unknown option 'lr_max'" in _error(
         capsys, [*train_args(data, out), "--config", _yaml(tmp_path, "lr_max: 1")]
     )

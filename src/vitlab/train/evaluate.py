@@ -18,6 +18,20 @@ from vitlab.train.tasks.classification import Evaluator
 SPLITS = ("all", "train", "val", "test")
 
 
+def described_model(model_name: str | None, checkpoint: str) -> tuple[Any, str]:
+    """What the checkpoint says about itself, and the model to build: `model_name`, else the one it names."""
+    described = inspect_checkpoint(checkpoint)
+    model_name = model_name or described.model
+    if not model_name:
+        raise ConfigError(f"{checkpoint} does not say which model it holds: pass --model NAME")
+    return described, model_name
+
+
+def check_class_count(model: Any, dataset: Any, checkpoint: str, data: str) -> None:
+    if model.num_classes != len(dataset.classes):
+        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(dataset.classes)}")
+
+
 def evaluate(
     model_name: str | None,
     checkpoint: str,
@@ -40,10 +54,7 @@ def evaluate(
     from vitlab.data.augment import EvalPreprocess
 
     info = DistInfo(device=resolve_device(device))
-    described = inspect_checkpoint(checkpoint)
-    model_name = model_name or described.model
-    if not model_name:
-        raise ConfigError(f"{checkpoint} does not say which model it holds: pass --model NAME")
+    described, model_name = described_model(model_name, checkpoint)
     entry = get_entry(model_name)
     overrides = {} if img_size is None else {"img_size": img_size}
     if img_size is None and model_name == described.model:
@@ -64,8 +75,7 @@ def evaluate(
         img_size = img_size or dataset.size[0]
         overrides.setdefault("img_size", img_size)
     model = create_model(model_name, pretrained=described, **overrides)
-    if model.num_classes != len(dataset.classes):
-        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(dataset.classes)}")
+    check_class_count(model, dataset, checkpoint, data)
     model.to(info.device).eval()
     pre = entry.preprocess
     preprocess = EvalPreprocess(img_size, pre.mean, pre.std, model.in_chans).to(info.device)

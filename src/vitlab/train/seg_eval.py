@@ -25,6 +25,7 @@ from vitlab.segmentation.inference import segment
 from vitlab.segmentation.metrics import per_class_table
 from vitlab.train.config import ConfigError
 from vitlab.train.distributed import DistInfo, resolve_device
+from vitlab.train.evaluate import check_class_count, described_model
 from vitlab.train.precision import autocast, resolve_amp
 
 
@@ -45,10 +46,7 @@ def is_segmentation(model_name: str | None, checkpoint: str) -> bool:
 
 
 def load_segmenter(model_name: str | None, checkpoint: str) -> nn.Module:
-    described = inspect_checkpoint(checkpoint)
-    model_name = model_name or described.model
-    if not model_name:
-        raise ConfigError(f"{checkpoint} does not say which model it holds: pass --model NAME")
+    described, model_name = described_model(model_name, checkpoint)
     model = create_model(model_name, pretrained=described)
     model.eval_scale = described.model_args.get("img_size")  # the --img-size the run stored its pairs at
     if getattr(model, "class_names", None) is None:
@@ -116,8 +114,7 @@ def evaluate_segmentation(
         if split not in splits:
             raise ConfigError(f"{data} has no {split} split (it has {', '.join(splits)})")
         dataset = splits[split]
-    if len(dataset.classes) != model.num_classes:
-        raise ConfigError(f"{checkpoint} has {model.num_classes} classes, {data} has {len(dataset.classes)}")
+    check_class_count(model, dataset, checkpoint, data)
     pre = model.entry.preprocess
     inference = inference_options(scale=scale, **options)
     evaluator = SegmentationEvaluator(
