@@ -125,7 +125,36 @@ def cmd_attention(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise AnalysisUsageError(str(err)) from err
     print(f"{layer.name} ({layer.kind}, {layer.probs.shape[1]} heads) -> {path}")
+    from vitlab.analysis.class_masks import has_class_masks
+
+    if has_class_masks(model) or args.classes:
+        draw_masks(model, images, picture, args)
     return 0
+
+
+def parse_ids(text: str) -> list[int]:
+    """`--classes` / `--source` / `--target`: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def draw_masks(model: nn.Module, images: torch.Tensor, picture, args: argparse.Namespace) -> None:
+    """Segmenter's class masks, one panel per class, to `<output stem>-masks.png` next to the attention picture."""
+    from pathlib import Path
+
+    from vitlab.analysis.class_masks import draw_class_masks, pick_classes, record_class_masks
+
+    try:
+        masks = record_class_masks(model, images)
+        classes = pick_classes(masks, args.classes, args.top_classes)
+    except ValueError as err:
+        raise AnalysisUsageError(str(err)) from err
+    output = Path(args.output)
+    path = draw_class_masks(masks, output.with_name(f"{output.stem}-masks{output.suffix or '.png'}"), picture,
+                            classes, getattr(model, "class_names", None))  # fmt: skip
+    print(f"class masks of classes {classes} -> {path}")
 
 
 def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argparse.Namespace) -> int:
@@ -231,6 +260,8 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
         "--explain", choices=("gradient-rollout", "attention-gradient"), help="class-specific map (see --target)"
     )
     attention.add_argument("--target", type=int, help="class for --explain (default: the predicted one)")
+    attention.add_argument("--classes", type=parse_ids, help="Segmenter: the classes whose masks to draw, e.g. 3,12")
+    attention.add_argument("--top-classes", type=int, default=6, help="Segmenter: else the K largest classes")
     attention.set_defaults(func=cmd_attention)
 
     analyze = commands.add_parser("analyze", help="attention distance, entropy and patch similarity over a dataset")

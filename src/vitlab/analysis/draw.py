@@ -28,6 +28,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay `fig` out, write it as a PNG at `path` (folders made) and close it."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def panels(layer: LayerAttention, query: Query, head: int | None, batch: int = 0) -> tuple[Tensor, list[str]]:
     """The weights each panel shows, (panels, keys), and their titles.
 
@@ -104,12 +115,7 @@ def draw_layer(
     where = "class token" if point is None and layer.queries.prefix else (
         f"query ({point[0]:.0f}, {point[1]:.0f})" if point else "")  # fmt: skip
     fig.suptitle(f"{layer.name}\n{layer.kind} {where}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def image_for_display(images: Tensor, mean, std, batch: int = 0) -> np.ndarray:
@@ -135,9 +141,4 @@ def draw_patch_map(values: Tensor, path: str | Path, image: np.ndarray | None, t
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
