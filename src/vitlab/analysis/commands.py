@@ -53,18 +53,18 @@ def input_side(model: nn.Module, fallback: int) -> int:
 
 
 def refuse_sequence_model(model: nn.Module) -> None:
-    """Sequence models take strips or tokens, not one image: say where their attention is drawn."""
+    """Sequence models take strips or tokens, not one image (`vitlab analyze`): say where their attention is drawn."""
     if getattr(model, "task", None) != "sequence-to-sequence":
         return
     from vitlab.seq2seq.image import ImageToSequence
 
     if isinstance(model, ImageToSequence):
-        hint = (
-            "reads image strips: `vitlab predict --checkpoint RUN/model.safetensors --draw attention.png "
-            "STRIP.png` draws its decoder's cross-attention over the strip"
-        )
+        hint = "reads image strips: `vitlab attention --model NAME STRIP.png` draws its decoder's cross-attention"
     else:
-        hint = "reads token sequences, not images: `vitlab.capture_attention(model)` records its attention"
+        hint = (
+            "reads token sequences, not images: `vitlab attention --model NAME --source IDS` draws its "
+            "decoder's cross-attention"
+        )
     raise AnalysisUsageError(f"{model.entry.name} {hint}")
 
 
@@ -104,6 +104,15 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from vitlab.analysis.maps import NoAttentionError, record_layers
 
     model = build_model(args)
+    if getattr(model, "task", None) == "sequence-to-sequence":
+        from vitlab.analysis.sequences import draw_sequence_attention
+
+        try:
+            path, line = draw_sequence_attention(model, args)
+        except ValueError as err:  # token ids outside the vocabulary, a layer out of range, a strip too wide
+            raise AnalysisUsageError(str(err)) from err
+        print(f"{line}\ndecoder cross-attention -> {path}")
+        return 0
     images = model_input(model, args)
     try:
         layers = record_layers(model, images)
@@ -166,10 +175,13 @@ def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argpar
         if args.rollout:
             values, title = attention_rollout(model, images, head_fusion=args.rollout), f"rollout ({args.rollout})"
         else:
+            if args.target is not None and len(args.target) != 1:
+                raise ValueError(f"--explain takes one --target class, got {args.target}")
+            target = None if args.target is None else args.target[0]
             explain = gradient_rollout if args.explain == "gradient-rollout" else attention_gradient
             values, title = (
-                explain(model, images, target=args.target),
-                f"{args.explain}, class {'predicted' if args.target is None else args.target}",
+                explain(model, images, target=target),
+                f"{args.explain}, class {'predicted' if target is None else target}",
             )
     except ValueError as err:
         raise AnalysisUsageError(str(err)) from err
@@ -259,7 +271,10 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     attention.add_argument(
         "--explain", choices=("gradient-rollout", "attention-gradient"), help="class-specific map (see --target)"
     )
-    attention.add_argument("--target", type=int, help="class for --explain (default: the predicted one)")
+    attention.add_argument(
+        "--target", type=parse_ids, help="class for --explain (default: the predicted one); token ids for sequences"
+    )
+    attention.add_argument("--source", type=parse_ids, help="token models: the source token ids, e.g. 5,7,3")
     attention.add_argument("--classes", type=parse_ids, help="Segmenter: the classes whose masks to draw, e.g. 3,12")
     attention.add_argument("--top-classes", type=int, default=6, help="Segmenter: else the K largest classes")
     attention.set_defaults(func=cmd_attention)
