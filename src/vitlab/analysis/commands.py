@@ -115,7 +115,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
         return 0
     images = model_input(model, args)
     try:
-        layers = record_layers(model, images)
+        layers = record_layers(model, images, embedding=True)
     except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     if args.list:
@@ -207,7 +207,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{model.entry.name}: analysing its encoder ({type(model.backbone).__name__}), the decoder left out")
         model = model.backbone
     try:
-        result = analyze_batches(model, images, args.batch_size)
+        result = analyze_batches(model, images, args.batch_size, embedding=args.embedding)
     except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     output = Path(args.output)
@@ -286,6 +286,9 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     analyze.add_argument("--split", choices=("train", "val", "test"), default="test")
     analyze.add_argument("--images", type=int, default=256, help="how many images (the first of the split)")
     analyze.add_argument("--batch-size", type=int, default=32)
+    analyze.add_argument(
+        "--embedding", action="store_true", help="T2T-ViT: measure the tokens-to-token layers too (large maps)"
+    )
     analyze.add_argument("--output", default="analysis")
     analyze.set_defaults(func=cmd_analyze)
 

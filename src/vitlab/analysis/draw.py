@@ -73,8 +73,9 @@ def _draw_panel(ax, layer: LayerAttention, weights: Tensor, image: np.ndarray | 
     if keys.grid is not None:
         h, w = keys.grid
         cell_h, cell_w = keys.cell or (H / h, W / w)
+        top, left = keys.offset
         ax.imshow(spatial.view(h, w).numpy(), cmap="inferno", alpha=0.6 if image is not None else 1.0,
-                  extent=(0, w * cell_w, h * cell_h, 0), interpolation="nearest")  # fmt: skip
+                  extent=(left, left + w * cell_w, top + h * cell_h, top), interpolation="nearest")  # fmt: skip
     elif keys.points is not None:
         points = keys.points[min(batch, keys.points.shape[0] - 1), min(panel, keys.points.shape[1] - 1)]
         size = 400 * spatial / spatial.max().clamp_min(1e-12)
