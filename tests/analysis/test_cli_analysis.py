@@ -45,7 +45,7 @@ def test_attention_lists_the_calls(picture, capsys):
 
 
 def test_attention_errors_are_one_line(picture, capsys):
-    assert main(["attention", "--model", "hornet_tiny_7x7", "--tiny", str(picture)]) == 2
+    assert main(["attention", "--model", "convnet_tiny", "--tiny", str(picture)]) == 2
     assert "no attention layers" in capsys.readouterr().err
     assert main(["attention", "--model", "vit_tiny_patch16_224", "--tiny", str(picture), "--layer", "9"]) == 2
     assert "out of range" in capsys.readouterr().err

@@ -114,6 +114,10 @@ def cmd_attention(args: argparse.Namespace) -> int:
         print(f"{line}\ndecoder cross-attention -> {path}")
         return 0
     images = model_input(model, args)
+    from vitlab.analysis.gates import has_gates
+
+    if has_gates(model):
+        return draw_gate_maps(model, images, args)
     try:
         layers = record_layers(model, images, embedding=True)
     except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
@@ -138,6 +142,28 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
     if has_class_masks(model) or args.classes:
         draw_masks(model, images, picture, args)
+    return 0
+
+
+def draw_gate_maps(model: nn.Module, images: torch.Tensor, args: argparse.Namespace) -> int:
+    """HorNet: its gnConv calls (`--list`) or one call's gating products by order (`--layer`, default: the last)."""
+    from vitlab.analysis.draw import image_for_display
+    from vitlab.analysis.gates import draw_gates, record_gates
+
+    try:
+        calls = record_gates(model, images)
+    except ValueError as err:  # an image the model cannot take (size named)
+        raise AnalysisUsageError(str(err)) from err
+    if args.list:
+        for i, call in enumerate(calls):
+            print(f"{i:3d}  {call.name}  gnconv order {call.order}  map {tuple(call.products[0].shape[1:3])}")
+        return 0
+    if args.layer is not None and not -len(calls) <= args.layer < len(calls):
+        raise AnalysisUsageError(f"--layer {args.layer} is out of range: the model made {len(calls)} gnConv calls")
+    call = calls[-1 if args.layer is None else args.layer]
+    pre = model.entry.preprocess
+    path = draw_gates(call, args.output, image_for_display(images, pre.mean, pre.std))
+    print(f"{call.name} (no attention: gnConv gating products of orders 1-{call.order}) -> {path}")
     return 0
 
 
