@@ -118,3 +118,17 @@ def test_sequence_commands_that_cannot_work_say_why(strip, capsys):
     assert "--layer 3 is out of range" in capsys.readouterr().err
     assert main([*base, "--model", "image_to_sequence_vit"]) == 2
     assert "STRIP image file" in capsys.readouterr().err
+
+
+def test_a_trained_strip_model_from_its_run_file(strip, tmp_path, capsys):
+    from tests.seq2seq.test_train import TINY_STRIPS
+    from vitlab.train.rundir import RunDir
+
+    torch.manual_seed(0)
+    args = {**TINY_STRIPS, "patch_size": 7, "img_size": 28, "num_classes": 10}
+    model = vitlab.create_model("image_to_sequence_vit", **args)
+    RunDir(tmp_path).write_weights(model.state_dict(), [f"c{i}" for i in range(10)], "image_to_sequence_vit", args)
+    out = tmp_path / "cross.png"
+    weights = ["--checkpoint", str(tmp_path / "model.safetensors")]
+    assert main(["--threads", "1", "attention", *weights, str(strip), "--layer", "0", "--output", str(out)]) == 0
+    assert "image_to_sequence_vit read: c" in capsys.readouterr().out and not_blank(out)
