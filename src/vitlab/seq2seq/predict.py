@@ -61,8 +61,8 @@ def cross_attention(model: Seq2SeqModel, src: Tensor, prefix: Tensor) -> list[tu
     return [(name, torch.cat(maps[name], dim=-2)) for name in names]
 
 
-def select_attention(cross: list[tuple[str, Tensor]], layer: int | None, head: int | None) -> tuple[Tensor, str]:
-    """One layer (index) and head of `cross`, or the mean over layers and heads: (batch, targets, sources), a title."""
+def select_attention(cross: list[tuple[str, Tensor]], layer: int | None, head: int | None) -> Tensor:
+    """One layer (index) and head of `cross`, each else averaged: (batch, targets, sources)."""
     probs = torch.stack([p for _, p in cross])  # (layers, batch, heads, targets, sources)
     if layer is not None and not -len(cross) <= layer < len(cross):
         raise ValueError(f"--layer {layer} is out of range: the decoder has {len(cross)} cross-attention layers")
@@ -70,8 +70,7 @@ def select_attention(cross: list[tuple[str, Tensor]], layer: int | None, head: i
         raise ValueError(f"--head {head} is out of range: the cross-attention has {probs.shape[2]} heads")
     probs = probs if layer is None else probs[[layer]]
     probs = probs if head is None else probs[:, :, [head]]
-    where = "layers averaged" if layer is None else cross[layer][0]
-    return probs.mean(dim=(0, 2)), f"{where}, {'heads averaged' if head is None else f'head {head}'}"
+    return probs.mean(dim=(0, 2))
 
 
 @torch.no_grad()
@@ -85,7 +84,7 @@ def read_strip(
     if EOS in tokens:
         tokens = tokens[: tokens.index(EOS) + 1]
     prefix = torch.tensor([[BOS, *tokens[:-1]]], device=x.device)
-    attention = select_attention(cross_attention(model, x, prefix), layer, head)[0][0]  # (tokens, 1 + patches)
+    attention = select_attention(cross_attention(model, x, prefix), layer, head)[0]  # (tokens, 1 + patches)
     patch = model.encoder.patch_size
     grid = (-(-x.shape[-2] // patch[0]), -(-x.shape[-1] // patch[1]))
     return tokens, attention[:, 1:].reshape(len(tokens), *grid)  # the class token left out
@@ -115,8 +114,8 @@ def draw_cross_attention(
     from vitlab.train.checkpoint import atomic_write_bytes
     from vitlab.train.plots import _figure_bytes
 
-    picture = x[0].mean(0).cpu()
-    heat = F.interpolate(attention[:, None].float(), size=picture.shape, mode="nearest")[:, 0].cpu()
+    picture = x[0].mean(0).cpu().numpy()
+    heat = F.interpolate(attention[:, None].float(), size=picture.shape, mode="nearest")[:, 0].cpu().numpy()
     rows = len(labels) + 1
     fig, axes = plt.subplots(rows, 1, figsize=(8, 1.15 * rows + 0.3), squeeze=False)
     axes[0, 0].imshow(picture, cmap="gray")
