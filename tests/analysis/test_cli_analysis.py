@@ -45,7 +45,7 @@ def test_attention_lists_the_calls(picture, capsys):
 
 
 def test_attention_errors_are_one_line(picture, capsys):
-    assert main(["attention", "--model", "hornet_tiny_7x7", "--tiny", str(picture)]) == 2
+    assert main(["attention", "--model", "convnet_tiny", "--tiny", str(picture)]) == 2
     assert "no attention layers" in capsys.readouterr().err
     assert main(["attention", "--model", "vit_tiny_patch16_224", "--tiny", str(picture), "--layer", "9"]) == 2
     assert "out of range" in capsys.readouterr().err
@@ -87,11 +87,12 @@ def test_every_segmentation_model_draws_its_attention(model, picture, tmp_path, 
     assert np.asarray(Image.open(out).convert("RGB"), dtype=np.float64).std() > 10
 
 
-def test_sequence_models_point_to_where_their_attention_is_drawn(picture, capsys):
-    assert main(["attention", "--model", "image_to_sequence_vit", "--tiny", str(picture)]) == 2
-    assert "--draw attention.png" in capsys.readouterr().err
-    assert main(["attention", "--model", "transformer_small", "--tiny", str(picture)]) == 2
-    assert "token sequences, not images" in capsys.readouterr().err
+def test_analyze_points_sequence_models_to_where_their_attention_is_drawn(capsys):
+    """(`vitlab attention` on sequence models: tests/analysis/test_sequences.py.)"""
+    assert main(["analyze", "--model", "image_to_sequence_vit", "--tiny", "--data", "demo"]) == 2
+    assert "`vitlab attention --model NAME STRIP.png` draws" in capsys.readouterr().err
+    assert main(["analyze", "--model", "transformer_small", "--tiny", "--data", "demo"]) == 2
+    assert "--source IDS` draws" in capsys.readouterr().err
 
 
 def test_analyze_a_segmentation_model_measures_its_encoder(tmp_path, capsys):

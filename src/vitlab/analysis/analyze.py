@@ -21,10 +21,11 @@ from vitlab.analysis.maps import record_layers
 from vitlab.analysis.stats import attention_entropy, mean_attention_distance, similarity_per_block
 
 
-def analyze_batches(model: nn.Module, images: Tensor, batch_size: int = 16) -> dict:
+def analyze_batches(model: nn.Module, images: Tensor, batch_size: int = 16, embedding: bool = False) -> dict:
     """Per attention call and head: mean distance (px) and entropy; per block: patch similarity.
 
-    Averaged over the images (the batches weighted by their size).
+    Averaged over the images (the batches weighted by their size). `embedding`: the attention inside
+    the embedding too (T2T-ViT's tokens-to-token layers, see `record_layers`).
     """
     names: list[tuple[str, str]] = []
     distance: list[Tensor | None] = []
@@ -34,7 +35,7 @@ def analyze_batches(model: nn.Module, images: Tensor, batch_size: int = 16) -> d
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start : start + batch_size]
         n = chunk.shape[0]
-        layers = record_layers(model, chunk)
+        layers = record_layers(model, chunk, embedding=embedding)
         sims = similarity_per_block(model, chunk)
         if not names:
             names = [(layer.name, layer.kind) for layer in layers]

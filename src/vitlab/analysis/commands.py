@@ -53,18 +53,18 @@ def input_side(model: nn.Module, fallback: int) -> int:
 
 
 def refuse_sequence_model(model: nn.Module) -> None:
-    """Sequence models take strips or tokens, not one image: say where their attention is drawn."""
+    """Sequence models take strips or tokens, not one image (`vitlab analyze`): say where their attention is drawn."""
     if getattr(model, "task", None) != "sequence-to-sequence":
         return
     from vitlab.seq2seq.image import ImageToSequence
 
     if isinstance(model, ImageToSequence):
-        hint = (
-            "reads image strips: `vitlab predict --checkpoint RUN/model.safetensors --draw attention.png "
-            "STRIP.png` draws its decoder's cross-attention over the strip"
-        )
+        hint = "reads image strips: `vitlab attention --model NAME STRIP.png` draws its decoder's cross-attention"
     else:
-        hint = "reads token sequences, not images: `vitlab.capture_attention(model)` records its attention"
+        hint = (
+            "reads token sequences, not images: `vitlab attention --model NAME --source IDS` draws its "
+            "decoder's cross-attention"
+        )
     raise AnalysisUsageError(f"{model.entry.name} {hint}")
 
 
@@ -104,9 +104,22 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from vitlab.analysis.maps import NoAttentionError, record_layers
 
     model = build_model(args)
+    if getattr(model, "task", None) == "sequence-to-sequence":
+        from vitlab.analysis.sequences import draw_sequence_attention
+
+        try:
+            path, line = draw_sequence_attention(model, args)
+        except ValueError as err:  # token ids outside the vocabulary, a layer out of range, a strip too wide
+            raise AnalysisUsageError(str(err)) from err
+        print(f"{line}\ndecoder cross-attention -> {path}")
+        return 0
     images = model_input(model, args)
+    from vitlab.analysis.gates import has_gates
+
+    if has_gates(model):
+        return draw_gate_maps(model, images, args)
     try:
-        layers = record_layers(model, images)
+        layers = record_layers(model, images, embedding=True)
     except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     if args.list:
@@ -125,7 +138,58 @@ def cmd_attention(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise AnalysisUsageError(str(err)) from err
     print(f"{layer.name} ({layer.kind}, {layer.probs.shape[1]} heads) -> {path}")
+    from vitlab.analysis.class_masks import has_class_masks
+
+    if has_class_masks(model) or args.classes:
+        draw_masks(model, images, picture, args)
     return 0
+
+
+def draw_gate_maps(model: nn.Module, images: torch.Tensor, args: argparse.Namespace) -> int:
+    """HorNet: its gnConv calls (`--list`) or one call's gating products by order (`--layer`, default: the last)."""
+    from vitlab.analysis.draw import image_for_display
+    from vitlab.analysis.gates import draw_gates, record_gates
+
+    try:
+        calls = record_gates(model, images)
+    except ValueError as err:  # an image the model cannot take (size named)
+        raise AnalysisUsageError(str(err)) from err
+    if args.list:
+        for i, call in enumerate(calls):
+            print(f"{i:3d}  {call.name}  gnconv order {call.order}  map {tuple(call.products[0].shape[1:3])}")
+        return 0
+    if args.layer is not None and not -len(calls) <= args.layer < len(calls):
+        raise AnalysisUsageError(f"--layer {args.layer} is out of range: the model made {len(calls)} gnConv calls")
+    call = calls[-1 if args.layer is None else args.layer]
+    pre = model.entry.preprocess
+    path = draw_gates(call, args.output, image_for_display(images, pre.mean, pre.std))
+    print(f"{call.name} (no attention: gnConv gating products of orders 1-{call.order}) -> {path}")
+    return 0
+
+
+def parse_ids(text: str) -> list[int]:
+    """`--classes` / `--source` / `--target`: comma-separated integers."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def draw_masks(model: nn.Module, images: torch.Tensor, picture, args: argparse.Namespace) -> None:
+    """Segmenter's class masks, one panel per class, to `<output stem>-masks.png` next to the attention picture."""
+    from pathlib import Path
+
+    from vitlab.analysis.class_masks import draw_class_masks, pick_classes, record_class_masks
+
+    try:
+        masks = record_class_masks(model, images)
+        classes = pick_classes(masks, args.classes, args.top_classes)
+    except ValueError as err:
+        raise AnalysisUsageError(str(err)) from err
+    output = Path(args.output)
+    path = draw_class_masks(masks, output.with_name(f"{output.stem}-masks{output.suffix or '.png'}"), picture,
+                            classes, getattr(model, "class_names", None))  # fmt: skip
+    print(f"class masks of classes {classes} -> {path}")
 
 
 def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argparse.Namespace) -> int:
@@ -137,10 +201,13 @@ def draw_class_map(model: nn.Module, images: torch.Tensor, picture, args: argpar
         if args.rollout:
             values, title = attention_rollout(model, images, head_fusion=args.rollout), f"rollout ({args.rollout})"
         else:
+            if args.target is not None and len(args.target) != 1:
+                raise ValueError(f"--explain takes one --target class, got {args.target}")
+            target = None if args.target is None else args.target[0]
             explain = gradient_rollout if args.explain == "gradient-rollout" else attention_gradient
             values, title = (
-                explain(model, images, target=args.target),
-                f"{args.explain}, class {'predicted' if args.target is None else args.target}",
+                explain(model, images, target=target),
+                f"{args.explain}, class {'predicted' if target is None else target}",
             )
     except ValueError as err:
         raise AnalysisUsageError(str(err)) from err
@@ -166,7 +233,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{model.entry.name}: analysing its encoder ({type(model.backbone).__name__}), the decoder left out")
         model = model.backbone
     try:
-        result = analyze_batches(model, images, args.batch_size)
+        result = analyze_batches(model, images, args.batch_size, embedding=args.embedding)
     except (NoAttentionError, ValueError) as err:  # no attention; images the model cannot take (size named)
         raise AnalysisUsageError(str(err)) from err
     output = Path(args.output)
@@ -230,7 +297,12 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     attention.add_argument(
         "--explain", choices=("gradient-rollout", "attention-gradient"), help="class-specific map (see --target)"
     )
-    attention.add_argument("--target", type=int, help="class for --explain (default: the predicted one)")
+    attention.add_argument(
+        "--target", type=parse_ids, help="class for --explain (default: the predicted one); token ids for sequences"
+    )
+    attention.add_argument("--source", type=parse_ids, help="token models: the source token ids, e.g. 5,7,3")
+    attention.add_argument("--classes", type=parse_ids, help="Segmenter: the classes whose masks to draw, e.g. 3,12")
+    attention.add_argument("--top-classes", type=int, default=6, help="Segmenter: else the K largest classes")
     attention.set_defaults(func=cmd_attention)
 
     analyze = commands.add_parser("analyze", help="attention distance, entropy and patch similarity over a dataset")
@@ -240,6 +312,9 @@ def register_analysis_commands(commands, models: argparse.ArgumentParser | None 
     analyze.add_argument("--split", choices=("train", "val", "test"), default="test")
     analyze.add_argument("--images", type=int, default=256, help="how many images (the first of the split)")
     analyze.add_argument("--batch-size", type=int, default=32)
+    analyze.add_argument(
+        "--embedding", action="store_true", help="T2T-ViT: measure the tokens-to-token layers too (large maps)"
+    )
     analyze.add_argument("--output", default="analysis")
     analyze.set_defaults(func=cmd_analyze)
 

@@ -28,6 +28,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay `fig` out, write it as a PNG at `path` (folders made) and close it."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def panels(layer: LayerAttention, query: Query, head: int | None, batch: int = 0) -> tuple[Tensor, list[str]]:
     """The weights each panel shows, (panels, keys), and their titles.
 
@@ -62,8 +73,9 @@ def _draw_panel(ax, layer: LayerAttention, weights: Tensor, image: np.ndarray | 
     if keys.grid is not None:
         h, w = keys.grid
         cell_h, cell_w = keys.cell or (H / h, W / w)
+        top, left = keys.offset
         ax.imshow(spatial.view(h, w).numpy(), cmap="inferno", alpha=0.6 if image is not None else 1.0,
-                  extent=(0, w * cell_w, h * cell_h, 0), interpolation="nearest")  # fmt: skip
+                  extent=(left, left + w * cell_w, top + h * cell_h, top), interpolation="nearest")  # fmt: skip
     elif keys.points is not None:
         points = keys.points[min(batch, keys.points.shape[0] - 1), min(panel, keys.points.shape[1] - 1)]
         size = 400 * spatial / spatial.max().clamp_min(1e-12)
@@ -104,12 +116,7 @@ def draw_layer(
     where = "class token" if point is None and layer.queries.prefix else (
         f"query ({point[0]:.0f}, {point[1]:.0f})" if point else "")  # fmt: skip
     fig.suptitle(f"{layer.name}\n{layer.kind} {where}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def image_for_display(images: Tensor, mean, std, batch: int = 0) -> np.ndarray:
@@ -135,9 +142,4 @@ def draw_patch_map(values: Tensor, path: str | Path, image: np.ndarray | None, t
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,13 +21,14 @@ from vitlab.analysis.geometry import (
     scatter_groups,
     token_numbers,
 )
-from vitlab.analysis.maps import SAMPLERS
+from vitlab.analysis.maps import EMBEDDING_ATTENTION, SAMPLERS
 from vitlab.models.axial import AxialAttention
 from vitlab.models.ceit import LayerClassTokenAttention
 from vitlab.models.convit import GatedPositionalSelfAttention
 from vitlab.models.dat import DeformableAttention, LocalAttention
 from vitlab.models.psvit import STEM_STRIDE, ProgressiveSampler
 from vitlab.models.sasa import LocalSelfAttention
+from vitlab.models.t2t import TokenAttention, TokenPerformer, TokensToToken, unfold_size
 from vitlab.models.vt import Projector, Tokenizer, TokenTransformer
 
 register_geometry(LocalAttention)(grouped_geometry)  # DAT's local (shifted) windows
@@ -121,3 +122,33 @@ def _progressive_points(module: nn.Module, positions: Tensor, image_size: Size2)
 
 
 SAMPLERS[ProgressiveSampler] = _progressive_points
+
+
+def soft_split_tokens(image_size: Size2, splits: list[tuple[int, int, int]]) -> Tokens:
+    """The tokens after the soft splits `splits` (kernel, stride, padding) of an image: their grid and
+    the centres of the windows they unfold.
+
+    A split of a map whose cells are `cell` pixels wide and start at `offset` gives cells stride x
+    cell wide; window i covers cells i s - p .. i s - p + k - 1, so its centre lies at
+    offset + (i s - p + k / 2) cell, i.e. the new offset is offset + (k / 2 - p - s / 2) cell.
+    """
+    grid, cell, offset = tuple(image_size), (1.0, 1.0), (0.0, 0.0)
+    for kernel, stride, padding in splits:
+        grid = tuple(unfold_size(side, (kernel, stride, padding)) for side in grid)
+        offset = tuple(o + (kernel / 2 - padding - stride / 2) * c for o, c in zip(offset, cell, strict=True))
+        cell = (cell[0] * stride, cell[1] * stride)
+    return Tokens(grid[0] * grid[1], grid=grid, cell=cell, offset=offset, label="soft-split token")
+
+
+@register_geometry(TokenAttention, TokenPerformer)
+def tokens_to_token_geometry(call: LayerCall) -> LayerAttention:
+    """T2T-ViT's T2T layers: one head, global over the tokens of the soft split before them (the first
+    layer: the image's split, the second: the re-structurized map's), each at its window's centre.
+    The Performer's map is the implicit one its output is made with (see `TokenPerformer`)."""
+    t2t = next(m for m in call.model.modules() if isinstance(m, TokensToToken))
+    stage = 1 if any(call.module is m for m in t2t.attention1.modules()) else 2
+    tokens = soft_split_tokens(call.image_size, t2t.splits[:stage])
+    return LayerAttention(call.name, "tokens-to-token", call.probs, tokens, tokens, call.image_size)
+
+
+EMBEDDING_ATTENTION.extend([TokenAttention, TokenPerformer])

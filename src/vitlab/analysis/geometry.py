@@ -46,7 +46,8 @@ class Tokens:
     image pixels (the image spans [0, W] x [0, H]), or nowhere (`grid` and `points` both None:
     visual tokens, the class tokens of layers). `label` names what the tokens are. `cell` is a grid
     cell's (height, width) in pixels, by default the image divided by the grid; a grid padded past
-    the image (Swin's windows attend to zero padding as to any token) gives it explicitly.
+    the image (Swin's windows attend to zero padding as to any token) gives it explicitly. `offset`
+    (y, x) shifts the grid's cells in pixels (T2T's soft splits: padded windows centred off the cells).
     """
 
     count: int
@@ -55,6 +56,7 @@ class Tokens:
     points: Tensor | None = None
     label: str = "token"
     cell: tuple[float, float] | None = None
+    offset: tuple[float, float] = (0.0, 0.0)
 
     @property
     def spatial(self) -> bool:
@@ -68,8 +70,8 @@ class Tokens:
             raise ValueError(f"these {self.label}s have no place in the image")
         h, w = self.grid
         cell_h, cell_w = self.cell or (image_size[0] / h, image_size[1] / w)
-        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * cell_h
-        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * cell_w
+        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * cell_h + self.offset[0]
+        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * cell_w + self.offset[1]
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
         return grid.reshape(1, 1, h * w, 2)
 

@@ -24,6 +24,15 @@ from vitlab.layers.attention import POSITIONS_SUFFIX, AttentionLayer, PositionSa
 SamplerToImage = Callable[[nn.Module, Tensor, Size2], Tensor]
 SAMPLERS: dict[type, SamplerToImage] = {}
 
+# Attention inside a model's embedding that `capture_attention` leaves out (T2T-ViT's tokens-to-token
+# layers: tokens of the soft splits, not the blocks' ones, and large): classes with an `attention_store`
+# that families register here and that `record_layers(..., embedding=True)` records.
+EMBEDDING_ATTENTION: list[type] = []
+
+
+def _is_attention(module: nn.Module, embedding: bool) -> bool:
+    return isinstance(module, AttentionLayer) or (embedding and isinstance(module, tuple(EMBEDDING_ATTENTION)))
+
 
 class NoAttentionError(ValueError):
     """A model without attention layers (HorNet's gnConv, the plain ConvNet): there are no maps to draw."""
@@ -40,12 +49,18 @@ def _sampler_points(module: nn.Module, positions: Tensor, image_size: Size2) -> 
     return None
 
 
-def run_recorded(model: nn.Module, images: Tensor, forward: Callable[[Tensor], Any] | None = None):
+def run_recorded(
+    model: nn.Module, images: Tensor, forward: Callable[[Tensor], Any] | None = None, embedding: bool = False
+):
     """Run `forward(images)` (the model by default) recording attention; returns (output, calls, maps).
 
-    `calls` lists (name, module, input shapes) in the order the attention layers and samplers ran.
+    `calls` lists (name, module, input shapes) in the order the attention layers and samplers ran;
+    with `embedding`, the attention inside the embedding (`EMBEDDING_ATTENTION`) is recorded too.
     """
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, (AttentionLayer, PositionSampler))]
+    modules = [
+        (n, m) for n, m in model.named_modules() if _is_attention(m, embedding) or isinstance(m, PositionSampler)
+    ]
+    extra = [(n, m) for n, m in modules if not isinstance(m, (AttentionLayer, PositionSampler))]
     if not any(isinstance(m, AttentionLayer) for _, m in modules):
         raise NoAttentionError(
             f"{type(model).__name__} has no attention layers: it mixes tokens by convolution "
@@ -62,10 +77,14 @@ def run_recorded(model: nn.Module, images: Tensor, forward: Callable[[Tensor], A
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules]
     try:
         with capture_attention(model, positions=True) as maps:
+            for name, module in extra:
+                module.attention_store = maps.setdefault(name, [])
             output = (forward or model)(images)
     finally:
         for handle in handles:
             handle.remove()
+        for _, module in extra:
+            module.attention_store = None
     return output, calls, maps
 
 
@@ -78,7 +97,7 @@ def layers_from_calls(model: nn.Module, calls: list, maps: dict, image_size: Siz
         index = seen[name] = seen.get(name, -1) + 1
         own = maps.get(name + POSITIONS_SUFFIX)
         own_positions = own[index] if own and index < len(own) else None
-        if not isinstance(module, AttentionLayer):
+        if not _is_attention(module, True):
             latest = _sampler_points(module, own_positions, image_size) if own_positions is not None else None
             continue
         if index >= len(maps[name]):
@@ -94,13 +113,17 @@ def layers_from_calls(model: nn.Module, calls: list, maps: dict, image_size: Siz
     return layers
 
 
-def record_layers(model: nn.Module, images: Tensor) -> list[LayerAttention]:
-    """Every attention call of `model(images)` as a `LayerAttention`, in the order they ran (eval mode)."""
+def record_layers(model: nn.Module, images: Tensor, embedding: bool = False) -> list[LayerAttention]:
+    """Every attention call of `model(images)` as a `LayerAttention`, in the order they ran (eval mode).
+
+    `embedding` adds the attention inside the embedding that `capture_attention` leaves out
+    (`EMBEDDING_ATTENTION`: T2T-ViT's tokens-to-token layers).
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _, calls, maps = run_recorded(model, images)
+            _, calls, maps = run_recorded(model, images, embedding=embedding)
     finally:
         model.train(was_training)
     return layers_from_calls(model, calls, maps, tuple(images.shape[-2:]))

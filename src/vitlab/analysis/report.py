@@ -161,7 +161,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, images: 
         sections.append(
             "<p>Sequence-to-sequence run: its sequence and token accuracies are in the summary above; "
             "<code>vitlab predict --checkpoint RUN/model.safetensors --draw attention.png STRIP.png</code> "
-            "draws the decoder's cross-attention over a strip.</p>"
+            "(or <code>vitlab attention --checkpoint RUN/model.safetensors STRIP.png</code>, which picks a "
+            "<code>--layer</code> and <code>--head</code>) draws the decoder's cross-attention over a strip.</p>"
         )
     card = "the registered variant; the run's own arguments are in its configuration above"
     sections.append(f"<h2>Model card ({card})</h2><pre>{html.escape(model_card(model.entry.name))}</pre>")

@@ -13,6 +13,7 @@ weight -> irfft2, between two LayerNorms.
 Each block is x + gamma1 * gnConv(LN(x)), then x + gamma2 * MLP(LN(x)) (layer scale, init 1e-6).
 The stem is a 4x4 stride-4 convolution + LN; between stages LN + a 2x2 stride-2 convolution. The
 classifier reads LayerNorm(mean of the final map): the final norm comes *after* pooling.
+`vitlab attention` draws the gating products p_1..p_n of a gnConv as maps (`vitlab.analysis.gates`).
 
 The parameter layout is the official release's (raoyongming/HorNet, hornet.py), so its checkpoints
 (`{'model': ...}` files) load as they are. HorNet has no softmax attention: `capture_attention`
@@ -107,8 +108,11 @@ class GnConv(nn.Module):
     """Recursive gated convolution of order n (eq. 3.3-3.4), on a (B, H, W, C) map.
 
     Official names: `proj_in`, `dwconv` (the 7x7 depthwise conv or a `GlobalLocalFilter`), `pws`
-    (g_1..g_{n-1}), `proj_out`.
+    (g_1..g_{n-1}), `proj_out`. When `gate_store` is a list (`vitlab.analysis.gates` sets it), each
+    call hands it the gating products p_1..p_n (detached), which the analysis draws as maps.
     """
+
+    gate_store: list[list[Tensor]] | None = None
 
     def __init__(
         self, dim: int, order: int, scale: float = 1 / 3, filter_size: tuple[int, int] | None = None, eps: float = 1e-6
@@ -137,8 +141,13 @@ class GnConv(nn.Module):
         p, q = pointwise(self.proj_in, x).split([self.dims[0], sum(self.dims)], dim=-1)
         gates = (self.spatial_filter(q) * self.scale).split(self.dims, dim=-1)
         p = p * gates[0]
+        products = [p] if self.gate_store is not None else None
         for g, gate in zip(self.pws, gates[1:], strict=True):
             p = pointwise(g, p) * gate
+            if products is not None:
+                products.append(p)
+        if products is not None:
+            self.gate_store.append([t.detach() for t in products])
         return pointwise(self.proj_out, p)
 
 

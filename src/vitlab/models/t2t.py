@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from vitlab.layers import Mlp, attend, sinusoidal_1d
+from vitlab.layers import Mlp, attend, record_attention, sinusoidal_1d
 from vitlab.models.vit import VisionTransformer
 from vitlab.registry import Preprocess, register_model
 
@@ -55,10 +55,13 @@ class TokenPerformer(nn.Module):
     `w` (m = kernel_ratio * in_dim rows) is drawn once and frozen; released checkpoints carry it.
     The kernel runs in at least float32 (the official code casts to float32), with autocast off.
     Dropout 0.1 after the projection and after the MLP is fixed, as in the official layer.
-    Not recorded by `capture_attention` (see `T2TViT`).
+    Not recorded by `capture_attention` (see `T2TViT`); when `attention_store` is a list (set by
+    `vitlab.analysis.record_layers(..., embedding=True)`), the implicit N x N weights the output is
+    made with, phi(Q) phi(K)^T / (phi(Q) phi(K)^T 1 + 1e-8), are formed and handed to it.
     """
 
     epsilon = 1e-8
+    attention_store: list[Tensor] | None = None
 
     def __init__(self, dim: int, in_dim: int, kernel_ratio: float = 0.5, drop: float = 0.1):
         super().__init__()
@@ -82,6 +85,8 @@ class TokenPerformer(nn.Module):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         qp, kp = self.random_features(q), self.random_features(k)  # (B, N, m)
         normaliser = qp @ kp.sum(dim=1).unsqueeze(-1) + self.epsilon  # (B, N, 1)
+        if self.attention_store is not None:  # analysis only: the weights are otherwise never formed
+            record_attention(self.attention_store, (qp @ kp.transpose(1, 2) / normaliser).unsqueeze(1))
         return qp @ (v.transpose(1, 2) @ kp).transpose(1, 2) / normaliser  # phi(Q) (phi(K)^T V), (B, N, d)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,8 +105,11 @@ class TokenAttention(nn.Module):
     """One-head softmax attention from `dim` to `in_dim` channels, plus the value as the skip connection.
 
     The logits are scaled by dim^-1/2, the *input* width (147 or 576), not in_dim^-1/2, as in the official
-    `token_transformer.Attention`; qkv has no bias. Not recorded by `capture_attention` (see `T2TViT`).
+    `token_transformer.Attention`; qkv has no bias. Not recorded by `capture_attention` (see `T2TViT`);
+    `vitlab.analysis.record_layers(..., embedding=True)` records it through `attention_store`.
     """
+
+    attention_store: list[Tensor] | None = None
 
     def __init__(self, dim: int, in_dim: int):
         super().__init__()
@@ -113,7 +121,7 @@ class TokenAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, 1, self.in_dim).permute(2, 0, 3, 1, 4)
-        y = attend(q, k, v, scale=self.scale).squeeze(1)
+        y = attend(q, k, v, scale=self.scale, store=self.attention_store).squeeze(1)
         return v.squeeze(1) + self.proj(y)
 
 
@@ -211,6 +219,8 @@ class T2TViT(VisionTransformer):
     that class-token attention and attention rollout read. The two T2T layers are left out: their
     tokens are those of the soft splits (3136 and 784 at 224), which a rollout through the blocks
     cannot multiply with, and their maps would take 40 MB per image; the Performer's is only implicit.
+    The analysis records them on request (`vitlab.analysis.record_layers(model, x, embedding=True)`,
+    `vitlab attention`), each over the grid of its soft split.
     """
 
     def __init__(
