@@ -66,9 +66,12 @@ def describe(model: nn.Module) -> tuple[str, dict[str, Any], list[str] | None]:
             f"this {type(model).__name__} was not built by vitlab.create_model, so its name and constructor "
             f"arguments are unknown: build it with vitlab.create_model(NAME, ...) to save it"
         )
+    from vitlab.layouts.timm import constructor_arguments
+
     args = dict(getattr(model, "model_args", {}))
     classes = getattr(model, "num_classes", None)
-    if isinstance(classes, int) and classes != args.get("num_classes", entry.config.get("num_classes", classes)):
+    built = constructor_arguments(entry.builder, {**entry.config, **args}).get("num_classes")
+    if isinstance(classes, int) and classes != built:
         args["num_classes"] = classes  # reset_classifier since it was built
     for key, value in args.items():
         try:
@@ -121,7 +124,10 @@ def write_model(model: nn.Module, weights: Path, config: Path, to: str = "vitlab
     if to == "timm":
         from vitlab.layouts.timm import timm_config
 
-        meta, document = {"format": "pt"}, timm_config(model, name, args, names)
+        try:
+            meta, document = {"format": "pt"}, timm_config(model, name, args, names)
+        except CheckpointError as err:
+            raise ConvertError(str(err)) from err
     else:
         meta = {"format": "pt", "vitlab_model": name, "vitlab_model_args": json.dumps(args)}
         if names is not None:
@@ -202,11 +208,14 @@ def convert(
     to: str = "vitlab",
     force: bool = False,
     class_names: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Converted:
     """Load `source` (any layout vitlab loads) strictly into its model and write it in `to`'s convention.
 
-    `model` names the variant where the file does not (HF, timm and official files of vitlab's own
-    names do; bare state dicts do not). An existing output is refused unless `force`.
+    `model` names the variant where the file does not (vitlab and timm files name theirs, HF's
+    config.json gives sizes and labels but not vitlab's name); `overrides` are constructor arguments
+    the file does not state (`num_classes` of a fine-tuned bare state dict). An existing output is
+    refused unless `force`.
     """
     from vitlab.registry import create_model, get_entry
 
@@ -228,7 +237,7 @@ def convert(
     if to == "timm":
         _check_timm_family(entry)
     try:
-        net = create_model(name, pretrained=dataclasses.replace(info, contents=contents))
+        net = create_model(name, pretrained=dataclasses.replace(info, contents=contents), **(overrides or {}))
     except CheckpointError as err:
         raise ConvertError(
             f"cannot convert {source} into {name}: it does not hold a {name} in any layout vitlab reads for "
@@ -261,7 +270,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from vitlab.cli import read_labels
 
     names = read_labels(args.labels) if args.labels else None
-    done = convert(args.input, args.output, model=args.model, to=args.to, force=args.force, class_names=names)
+    done = convert(
+        args.input, args.output, model=args.model, to=args.to, force=args.force, class_names=names,
+        overrides=args.model_args,
+    )  # fmt: skip
     print(f"{args.input} ({done.layout} layout) -> {done.model} in {args.to}'s layout: {done.weights} "
           f"({done.tensors} tensors) and {done.config}")  # fmt: skip
     return 0
@@ -280,6 +292,9 @@ def register_convert_command(commands: Any) -> None:
     parser.add_argument("output", help="directory for model.safetensors and config.json, or a .safetensors file "
                         "(config.json beside it)")  # fmt: skip
     parser.add_argument("--model", help="model name (default: the one the checkpoint names)")
+    parser.add_argument(
+        "--model-args", type=json.loads, metavar="JSON", help="constructor arguments the checkpoint does not state"
+    )
     parser.add_argument("--to", choices=TARGETS, default="vitlab", help="layout written (default: vitlab)")
     parser.add_argument("--labels", help="file with one class name per line, stored as the class names")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
