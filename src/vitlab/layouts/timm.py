@@ -150,14 +150,23 @@ FAMILIES: dict[type, TimmFamily] = {
 
 
 def timm_family(model_cls: type) -> TimmFamily | None:
-    """The timm mapping of a vitlab model class (or of a subclass), None where timm has no such model."""
-    return next((FAMILIES[cls] for cls in model_cls.__mro__ if cls in FAMILIES), None)
+    """The timm mapping of a vitlab model class, None where timm has no such model. Subclasses are other
+    families (T2T-ViT is a VisionTransformer, MiT a PVT v2) that timm does not have."""
+    return FAMILIES.get(model_cls)
 
 
 def constructor_arguments(builder: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Every argument `builder(**config)` receives: its defaults, overridden by `config`."""
-    params = inspect.signature(builder).parameters.values()
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    """Every argument `builder(**config)` receives: its defaults (a class's, and through `**kwargs` its
+    bases'), overridden by `config`."""
+    targets = [c.__init__ for c in builder.__mro__ if "__init__" in vars(c)] if isinstance(builder, type) else [builder]
+    defaults: dict[str, Any] = {}
+    for target in targets:
+        params = inspect.signature(target).parameters.values()
+        for p in params:
+            if p.default is not inspect.Parameter.empty:
+                defaults.setdefault(p.name, p.default)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
     return {**defaults, **config}
 
 
