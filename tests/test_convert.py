@@ -330,7 +330,7 @@ def test_convert_reads_what_timm_saves(name, tmp_path):
     assert (done.model, done.layout) == (name, "native")
     model = vitlab.load_model(tmp_path / "vitlab").double().eval()
     assert model.class_names == ["a", "b", "c", "d"]
-    channels, *size = reference.pretrained_cfg["input_size"]
-    x = torch.randn(2, channels, *size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    side = TIMM_MADE[name].get("img_size", 224)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
         assert max_rel_error(model(x), reference.double()(x)) < 1e-12

@@ -46,7 +46,7 @@ TIMM_NAMES = frozenset(
     + [f"swin_{s}_patch4_window7_224" for s in ("tiny", "small", "base", "large")]
     + [f"swin_{s}_patch4_window12_384" for s in ("base", "large")]
     + [f"vit_{s}_patch16_{r}" for s in ("tiny", "small", "base", "large") for r in (224, 384)]
-    + [f"vit_{s}_patch32_224" for s in ("tiny", "small", "base", "large")]
+    + [f"vit_{s}_patch32_224" for s in ("small", "base", "large")]
     + ["vit_huge_patch14_224"]
 )
 _DROPS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
@@ -60,7 +60,9 @@ class TimmFamily:
     arguments timm has no counterpart for, with the value timm hard-codes; `recorded`: vitlab
     arguments that change nothing timm computes (dropped on the way to timm); `fallback`: the timm
     architecture of vitlab's own variants (every structural argument is written, so its defaults
-    never apply); `per_head`: arguments timm counts per head (ConViT's embed_dim).
+    never apply); `per_head`: arguments timm counts per head (ConViT's embed_dim); `unsupported`:
+    values of shared arguments timm does not offer; `timm_fixed`: timm arguments vitlab has no
+    counterpart for, with the value vitlab's model always has (Swin's and PVT v2's average pooling).
     """
 
     fallback: str
@@ -69,6 +71,7 @@ class TimmFamily:
     recorded: tuple[str, ...] = ()
     per_head: tuple[str, ...] = ()
     unsupported: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    timm_fixed: dict[str, Any] = field(default_factory=dict)
     architecture: Callable[[str, dict[str, Any]], str] | None = None
 
 
@@ -107,6 +110,7 @@ FAMILIES: dict[type, TimmFamily] = {
             *_DROPS,
         ),  # fmt: skip
         fixed=dict(norm_eps=1e-5),
+        timm_fixed=dict(global_pool="avg"),
     ),
     PyramidVisionTransformerV2: TimmFamily(
         "pvt_v2_b0",
@@ -125,6 +129,7 @@ FAMILIES: dict[type, TimmFamily] = {
         ),  # fmt: skip
         fixed=dict(norm_eps=1e-6, embed_norm_eps=1e-5),
         recorded=("img_size",),
+        timm_fixed=dict(global_pool="avg"),
     ),
     ConViT: TimmFamily(
         "convit_base",
@@ -208,11 +213,15 @@ def vitlab_arguments(model_cls: type, timm_args: dict[str, Any], config: dict[st
     family = timm_family(model_cls)
     if family is None:
         raise CheckpointError(f"timm's config.json describes a {model_cls.__name__}, which timm does not have")
-    unknown = sorted(set(timm_args) - set(family.shared))
+    for key, value in family.timm_fixed.items():
+        if timm_args.get(key, value) != value:
+            raise CheckpointError(f"timm's model_args has {key}={timm_args[key]!r}; vitlab's {model_cls.__name__} "
+                                  f"always has {value!r}")  # fmt: skip
+    unknown = sorted(set(timm_args) - set(family.shared) - set(family.timm_fixed))
     if unknown:
         raise CheckpointError(f"timm's model_args {', '.join(unknown)} have no counterpart in vitlab's "
                               f"{model_cls.__name__}")  # fmt: skip
-    out = tuples_from_json(dict(timm_args))
+    out = tuples_from_json({k: v for k, v in timm_args.items() if k not in family.timm_fixed})
     for key in family.per_head:
         if key in out:
             out[key] *= out.get("num_heads", config.get("num_heads", 1))
