@@ -30,12 +30,13 @@ TIMM_CLASSES = tuple(FAMILIES)
 
 
 def tiny(name: str, **overrides) -> nn.Module:
-    """The tiny model of `name`, class names set, every float tensor of its state moved off its initial value."""
+    """The tiny model of `name`, class names set, its parameters and BatchNorm statistics moved off their
+    initial values (derived buffers, such as PS-ViT's initial grid, are recomputed on loading)."""
     torch.manual_seed(0)
     model = vitlab.create_model(name, **{**get_entry(name).tiny, **overrides})
     with torch.no_grad():
-        for value in model.state_dict().values():  # buffers too: BatchNorm statistics must be saved
-            if value.is_floating_point():
+        for key, value in model.state_dict(keep_vars=True).items():
+            if value.is_floating_point() and (isinstance(value, nn.Parameter) or ".running_" in key):
                 value.add_(torch.rand(value.shape, generator=torch.Generator().manual_seed(value.numel())) * 0.01)
     if isinstance(getattr(model, "num_classes", None), int):
         model.class_names = [f"class-{i}" for i in range(model.num_classes)]
