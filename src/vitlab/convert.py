@@ -240,8 +240,9 @@ def convert(
         net = create_model(name, pretrained=dataclasses.replace(info, contents=contents), **(overrides or {}))
     except CheckpointError as err:
         raise ConvertError(
-            f"cannot convert {source} into {name}: it does not hold a {name} in any layout vitlab reads for "
-            f"{_class_name(entry)}.\nrecognised: {recognised(info.path, state_dict, info)}\n{err}"
+            f"cannot convert {source} into {name} ({_class_name(entry)}): {err}\n"
+            f"recognised: {recognised(info.path, state_dict, info)}\n"
+            f"(arguments the file does not state go in --model-args, e.g. '{{\"num_classes\": 10}}')"
         ) from err
     if class_names is not None:
         if len(class_names) != getattr(net, "num_classes", len(class_names)):
