@@ -338,7 +338,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from err
-        model, args = meta.get("vitlab_model"), json.loads(meta.get("vitlab_model_args", "{}"))
+        model, args = meta.get("vitlab_model"), tuples_from_json(json.loads(meta.get("vitlab_model_args", "{}")))
         names = json.loads(meta["class_names"]) if "class_names" in meta else None
     elif path.suffix in TORCH_SUFFIXES:
         contents = read_checkpoint(path)
@@ -354,11 +354,37 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
             hf_config = json.loads((path.parent / "config.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path.parent / 'config.json'} is not valid JSON: {err}") from err
-        if names is None and hf_config.get("id2label"):
+        described = _described_by_config(hf_config)
+        if described is not None:  # vitlab's or timm's config.json, not HF's
+            hf_config = None
+            if model is None:
+                model, args = described[0], described[1]
+            names = names if names is not None else described[2]
+        elif names is None and hf_config.get("id2label"):
             from vitlab.layouts.hf import class_names
 
             names = class_names(hf_config)
     return CheckpointInfo(path, model, args, names, hf_config, contents)
+
+
+def _described_by_config(config: Any) -> tuple[str | None, dict[str, Any], list[str] | None] | None:
+    """(model, constructor overrides, class names) from vitlab's config.json (`save_pretrained`) or timm's;
+    None for any other config.json (HF's is read by the family's config reader)."""
+    if not isinstance(config, Mapping):
+        return None
+    if config.get("library") == "vitlab":
+        names = config.get("class_names")
+        return config.get("model"), tuples_from_json(dict(config.get("model_args") or {})), names
+    from vitlab.layouts.timm import is_timm_config, read_timm_config
+
+    return read_timm_config(dict(config)) if is_timm_config(config) else None
+
+
+def tuples_from_json(value: Any) -> Any:
+    """JSON's lists back as the tuples constructors were given (frozen groupings hash their arguments)."""
+    if isinstance(value, dict):
+        return {k: tuples_from_json(v) for k, v in value.items()}
+    return tuple(tuples_from_json(v) for v in value) if isinstance(value, list) else value
 
 
 def read_class_names(path: str | Path) -> list[str] | None:

@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vitlab.analysis.commands import register_analysis_commands
 
     register_analysis_commands(commands, models=models)
+    from vitlab.convert import register_convert_command
+
+    register_convert_command(commands)
     return parser
 
 

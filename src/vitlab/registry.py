@@ -150,6 +150,7 @@ def create_model(
         file_args = _file_arguments(entry, info)
     model = entry.builder(**{**entry.config, **file_args, **overrides})
     model.entry = entry
+    model.model_args = {**file_args, **overrides}  # what save_pretrained writes: the variant's config + these
     if pretrained:
         _load_pretrained(model, entry, info, "num_classes" in overrides)
     if features_only:

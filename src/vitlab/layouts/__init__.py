@@ -83,6 +83,12 @@ def convert_state_dict(model: nn.Module, state_dict: StateDict) -> tuple[StateDi
     return state_dict, "native"
 
 
+def matching_layouts(state_dict: StateDict) -> list[tuple[type, str]]:
+    """Every (model class, layout) whose `detect` recognises `state_dict`: what a file looks like, for errors."""
+    _load_families()
+    return [(cls, c.layout) for cls, converters in _CONVERTERS.items() for c in converters if c.detect(state_dict)]
+
+
 def config_overrides(model_cls: type, config: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments that make a `model_cls` match an HF `config.json`; {} if none is known."""
     _load_families()

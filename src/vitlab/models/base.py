@@ -9,7 +9,8 @@ checkpointing, multi-scale features, the groups of layer-wise learning-rate deca
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,33 @@ from vitlab.layers.blocks import run_blocks
 from vitlab.layers.embed import to_2tuple
 from vitlab.layers.heads import linear_classifier, pool_features
 
+_Model = TypeVar("_Model", bound="SavesPretrained")
 
-class Backbone(nn.Module):
+
+class SavesPretrained:
+    """`save_pretrained(dir)` / `from_pretrained(dir)`, HF's directory convention, for every vitlab model.
+
+    The directory holds `model.safetensors` (the state dict, with the model's name, constructor
+    overrides and class names in its header) and `config.json` (the same, with the preprocessing);
+    `vitlab.load_model(dir)` and `create_model(name, pretrained=dir)` read it too (`vitlab.convert`).
+    """
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `directory`/model.safetensors and config.json (the directory is created; files replaced)."""
+        from vitlab.convert import save_pretrained
+
+        return save_pretrained(self, directory)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(cls: type[_Model], directory: str | Path, **overrides: Any) -> _Model:
+        """The model saved in `directory` (by `save_pretrained` or `vitlab convert`), which must be a `cls`;
+        `overrides` replace its constructor arguments, as in `create_model`."""
+        from vitlab.convert import from_pretrained
+
+        return from_pretrained(directory, cls, **overrides)  # type: ignore[return-value]
+
+
+class Backbone(SavesPretrained, nn.Module):
     """Base of every image model.
 
     `feature_format` states what `forward_features` returns: "NLC" tokens (ViT), an "NHWC" map

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.models.base import SavesPretrained
+
 IGNORE_INDEX = 255  # label of pixels that no loss or metric counts (void, borders, ADE20K's "other")
 
 
@@ -37,7 +39,7 @@ def resize_logits(logits: Tensor, size: tuple[int, int], align_corners: bool = F
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(SavesPretrained, nn.Module):
     """Base of every segmentation model (see the module docstring)."""
 
     task: ClassVar[str] = "semantic-segmentation"

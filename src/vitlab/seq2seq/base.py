@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.models.base import SavesPretrained
+
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 EXAMPLE_LENGTH = 32  # source and target tokens of the sentence pair MACs are counted on (a WMT sentence is ~30)
@@ -96,7 +98,7 @@ def check_padding(padding: Tensor | None, tokens: Tensor, name: str) -> None:
         raise ValueError(f"{name} masks every position of sequence {item}: nothing is left to attend to")
 
 
-class Seq2SeqModel(nn.Module):
+class Seq2SeqModel(SavesPretrained, nn.Module):
     """Base of every encoder-decoder: the decoding interface and what tools ask of a model."""
 
     task: ClassVar[str] = "sequence-to-sequence"
