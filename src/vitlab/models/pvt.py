@@ -45,6 +45,7 @@ from vitlab.layers.mlp import Mlp
 from vitlab.models.base import Backbone
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import timm_weights
 
 
 class ConvPatchEmbed(nn.Module):
@@ -368,6 +369,6 @@ for _name, (_dims, _depths, _mlp, _linear, _top1) in _V2_VARIANTS.items():
         f"{_V2}, {_name}",
         tiny=_V2_TINY,
         preprocess=Preprocess((3, 224, 224), crop_pct=0.9),
-        url=f"https://huggingface.co/timm/{_name}.in1k/resolve/main/model.safetensors",
+        weights=timm_weights(_name),
         paper=dict(top1=_top1),
     )
