@@ -23,6 +23,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from vitlab.checkpoint import CheckpointError
@@ -49,9 +50,12 @@ def offline() -> bool:
 
 def fetch_weights(name: str, weights: Weights) -> Path:
     """The local path of `weights` (of variant `name`), from the cache or downloaded into it."""
-    if weights.hf_hub_id is not None:
-        return _fetch_from_hub(name, weights)
-    return _fetch_url(name, weights)
+    if weights.hf_hub_id is None:
+        return _fetch_url(name, weights)
+    path = _fetch_from_hub(name, weights)
+    if weights.config_file is not None:  # the same commit's snapshot folder: inspect_checkpoint finds it beside
+        _fetch_from_hub(name, replace(weights, filename=weights.config_file, sha256=None, size=None))
+    return path
 
 
 def _hub_cache() -> str | None:
@@ -93,7 +97,9 @@ def _fetch_from_hub(name: str, weights: Weights) -> Path:
     try:
         path = Path(hf_hub_download(**options))
     except Exception as err:  # huggingface_hub raises many kinds (HTTP, metadata, connection): all mean "not here"
-        raise CheckpointError(f"{name}.{weights.tag}: could not download {url}: {_first_line(err)}") from err
+        raise CheckpointError(
+            f"{name}.{weights.tag}: could not download {url}: {_first_line(err)}{what_came_back(url)}"
+        ) from err
     try:
         blob = path.resolve()
         hub_sha = blob.name if len(blob.name) == 64 and _is_hex(blob.name) else None
@@ -103,6 +109,18 @@ def _fetch_from_hub(name: str, weights: Weights) -> Path:
             stale.unlink(missing_ok=True)
         raise
     return path
+
+
+def what_came_back(url: str) -> str:
+    """For an error message: what `url` answers when it is not what the hub client expects ("" if nothing)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-199"}), timeout=10) as r:
+            kind, head = r.headers.get("Content-Type", "?"), r.read(200)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError):
+        return ""
+    text = head.lstrip()[:80].decode("utf-8", "replace").replace("\n", " ")
+    page = "an HTML page" if head.lstrip().lower().startswith(_HTML_STARTS) or "html" in kind else kind
+    return f"; it answers with {page} (Content-Type {kind}), beginning {text!r}"
 
 
 def _is_hex(text: str) -> bool:

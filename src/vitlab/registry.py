@@ -173,7 +173,7 @@ def create_model(
         if pretrained:
             raise ValueError("pass the checkpoint as pretrained=PATH or checkpoint_path=PATH, not both")
         pretrained = checkpoint_path
-    info = None
+    info, source = None, None
     file_args: dict[str, Any] = {}
     weights = select_weights(entry, tag) if pretrained is True or tag is not None else None
     if pretrained and pretrained is not True:
@@ -183,12 +183,21 @@ def create_model(
 
         info = pretrained if isinstance(pretrained, CheckpointInfo) else inspect_checkpoint(pretrained)
         file_args = _file_arguments(entry, info)
+    elif pretrained and weights is not None:
+        from vitlab.checkpoint import inspect_checkpoint
+        from vitlab.hub import fetch_weights
+
+        source = fetch_weights(entry.name, weights)
+        file_args = {"num_classes": weights.num_classes}
+        if weights.config_file is not None:  # an HF checkpoint: its config.json builds the model to match
+            info = inspect_checkpoint(source)
+            file_args.update(_file_arguments(entry, info))
     elif weights is not None:
         file_args = {"num_classes": weights.num_classes}
     model = entry.builder(**{**entry.config, **file_args, **overrides})
     model.entry = entry
     if pretrained:
-        _load_pretrained(model, entry, info, "num_classes" in overrides, weights)
+        _load_pretrained(model, entry, info, "num_classes" in overrides, weights if source else None, source)
     if features_only:
         from vitlab.features import FeatureExtractor
 
@@ -228,26 +237,27 @@ def _file_arguments(entry: ModelEntry, info: Any) -> dict[str, Any]:
     return args
 
 
-def _load_pretrained(model: nn.Module, entry: ModelEntry, info: Any, new_classes: bool, weights: Any) -> None:
-    """Load the published `weights` (`info` None) or the checkpoint `info` describes into `model`."""
+def _load_pretrained(
+    model: nn.Module, entry: ModelEntry, info: Any, new_classes: bool, weights: Any, source: Path | None
+) -> None:
+    """Load the published `weights`, fetched to `source`, or the checkpoint `info` describes, into `model`."""
     from vitlab.checkpoint import CheckpointError, load_checkpoint
-    from vitlab.hub import fetch_weights
 
     reset_head = "auto" if new_classes else False
-    path = fetch_weights(entry.name, weights) if info is None else None
     try:
-        if path is not None:
-            load_checkpoint(model, path, reset_head=reset_head, use_ema=weights.ema)
+        if weights is not None:
+            load_checkpoint(model, source, reset_head=reset_head, use_ema=weights.ema)
         else:
             load_checkpoint(model, info.path, reset_head=reset_head, contents=info.contents)
     except CheckpointError as err:
-        if info is not None and info.model is not None and info.model != entry.name:
-            raise CheckpointError(f"{info.describe()}; you asked for {entry.name}.\n{err}") from err
-        if path is not None:
+        if weights is not None:
             raise CheckpointError(f"{entry.name}.{weights.tag} ({weights.layout} layout): {err}") from err
+        if info.model is not None and info.model != entry.name:
+            raise CheckpointError(f"{info.describe()}; you asked for {entry.name}.\n{err}") from err
         raise
-    names = info.class_names if info is not None else weights.class_names()
+    names = info.class_names if info is not None else None
+    if weights is not None:
+        names = names or weights.class_names()
+        model.pretrained_weights = weights  # the transform they expect: weights.preprocess
     if names is not None and len(names) == model.num_classes:
         model.class_names = list(names)
-    if weights is not None:
-        model.pretrained_weights = weights  # the transform they expect: weights.preprocess

@@ -39,8 +39,10 @@ class Weights:
     release's own statements, None where it makes none. `num_classes` is the classifier the file
     holds (0: none, a feature extractor); `classes` names the label set whose names ship with vitlab
     ("imagenet-1k"), None where they do not. `preprocess` is the evaluation transform the weights
-    expect (None: the variant's). `ema`: the file is a training checkpoint, evaluated with its EMA
-    weights. `top1` is the ImageNet-1k top-1 the release reports, where recorded.
+    expect (None: the variant's). `config_file` (HF layout) is fetched beside the weights and builds
+    the model as HF's `from_pretrained` would (sizes, LayerNorm eps, labels). `ema`: the file is a
+    training checkpoint, evaluated with its EMA weights. `top1` is the ImageNet-1k top-1 the release
+    reports, where recorded.
     """
 
     tag: str
@@ -57,6 +59,7 @@ class Weights:
     top1: float | None = None
     license: str | None = None
     origin: str | None = None  # the release the hub file was converted from
+    config_file: str | None = None  # HF layout: the config.json fetched beside the weights (sizes, eps, labels)
 
     def __post_init__(self) -> None:
         if (self.hf_hub_id is None) == (self.url is None):
