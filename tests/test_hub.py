@@ -194,21 +194,25 @@ def test_hub_download_cut_half_way_is_retried_and_leaves_no_partial_file(server,
     assert not [p for p in (tmp_path / "hf").rglob("*") if p.name.endswith(".incomplete")]
 
 
-def test_hf_layout_file_on_the_hub_is_converted(server, tmp_path, monkeypatch):
-    (path,) = [p for p in FIXTURES if p.stem == "mit_b0-hf"]
-    meta, state, _, _ = read_fixture(path)
-    kwargs = json.loads(meta["kwargs"])
-    server.files[hub_path("nvidia/mit-b0")] = safetensors_bytes(state, tmp_path)
-    server.files[hub_path("nvidia/mit-b0", "config.json")] = meta["hf_config"].encode()
-    weights = Weights("in1k", hf_hub_id="nvidia/mit-b0", layout="hf", config_file="config.json")
-    with_weights(monkeypatch, "mit_b0", weights)
-    model = vitlab.create_model("mit_b0", pretrained=True, **kwargs)
-    (tmp_path / "config.json").write_bytes(server.files[hub_path("nvidia/mit-b0", "config.json")])
-    direct = vitlab.create_model("mit_b0", pretrained=tmp_path / "tmp.safetensors", **kwargs)  # the file at hand
-    assert same_weights(model, direct.state_dict()) and model.num_classes == direct.num_classes
-    assert [m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] == [
-        m.eps for m in direct.modules() if isinstance(m, torch.nn.LayerNorm)
-    ]
+@pytest.mark.parametrize("fixture", ["pvt_tiny-hf", "mit_b0-hf", "segformer_b0-hf"])
+def test_hf_layout_weights_on_the_hub_reproduce_the_reference(server, tmp_path, fixture):
+    """A registered HF-layout release (pytorch_model.bin + config.json), served with a parity fixture's
+    tiny weights and config: fetched, built from its config, converted, it gives the reference's output."""
+    (path,) = [p for p in FIXTURES if p.stem == fixture]
+    meta, state, inputs, expected = read_fixture(path)
+    name = meta["model"]
+    weights = registry.get_entry(name).weights[0]
+    assert weights.layout == "hf" and weights.filename == "pytorch_model.bin"
+    torch.save({k: v.contiguous() for k, v in state.items()}, tmp_path / "pytorch_model.bin")
+    server.files[hub_path(weights.hf_hub_id, "pytorch_model.bin")] = (tmp_path / "pytorch_model.bin").read_bytes()
+    server.files[hub_path(weights.hf_hub_id, "config.json")] = meta["hf_config"].encode()
+    model = vitlab.create_model(name, pretrained=True, **json.loads(meta["kwargs"])).double().eval()
+    with torch.no_grad():
+        actual = model(inputs.double())
+    assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-8
+    labels = json.loads(meta["hf_config"]).get("id2label")
+    if labels:
+        assert model.class_names == [labels[str(i)] for i in range(len(labels))]
 
 
 # Release URLs (the official .pth files): the vitlab cache and its own downloader.

@@ -128,11 +128,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--pretrained needs --model NAME (a tag is allowed: deit_tiny_patch16_224.fb_in1k)")
     if bool(args.pretrained) == bool(args.checkpoint):
         raise UsageError("give either --checkpoint PATH or --pretrained (the published weights)")
-    if args.pretrained:  # a variant without published weights (every segmentation model today) says so here
+    if args.pretrained:  # a variant without published weights says so here
+        from vitlab.hub import fetch_weights
         from vitlab.registry import get_entry
         from vitlab.weights import select_weights, split_tag
 
-        select_weights(get_entry(args.model), split_tag(args.model)[1])
+        entry = get_entry(args.model)
+        weights = select_weights(entry, split_tag(args.model)[1])
+        if entry.task == "semantic-segmentation":  # the fetched file is then a checkpoint like any other
+            args.model, args.checkpoint = entry.name, str(fetch_weights(entry.name, weights))
+            return predict_masks(args)
     elif is_segmentation(args.model, args.checkpoint):
         return predict_masks(args)
     if args.model:
