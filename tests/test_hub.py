@@ -283,6 +283,18 @@ def test_release_offline_and_not_cached_names_the_url_and_the_place(server, tmp_
     assert file_requests(server) == []
 
 
+def test_share_link_release_is_cached_under_the_name_its_reader_needs(server, tmp_path, monkeypatch):
+    (published,) = registry.get_entry("hornet_tiny_7x7").weights
+    link = urllib.parse.urlparse(published.url)  # https://cloud.tsinghua.edu.cn/f/<id>/?dl=1
+    tiny = dict(base_dim=8, depths=(1, 1, 1, 1))
+    state = vitlab.create_model("hornet_tiny_7x7", **tiny).state_dict()
+    torch.save({"model": state}, tmp_path / "release.pth")
+    server.files[link.path] = (tmp_path / "release.pth").read_bytes()
+    with_weights(monkeypatch, "hornet_tiny_7x7", dataclasses.replace(published, url=f"{server.url}{link.path}?dl=1"))
+    assert same_weights(vitlab.create_model("hornet_tiny_7x7", pretrained=True, **tiny), state)
+    assert (tmp_path / "vitlab" / "hornet_tiny_7x7.in1k" / "hornet_tiny_7x7.pth").is_file()
+
+
 # The command line.
 def test_predict_pretrained_prints_imagenet_names(server, tmp_path, capsys):
     from PIL import Image

@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from vitlab.checkpoint import CheckpointError
+from vitlab.checkpoint import TORCH_SUFFIXES, CheckpointError
 from vitlab.weights import Weights
 
 CHUNK = 1 << 20
@@ -134,7 +134,9 @@ def _first_line(err: BaseException) -> str:
 
 def _fetch_url(name: str, weights: Weights) -> Path:
     url = str(weights.url)
-    filename = Path(urllib.parse.urlparse(url).path).name or "weights"
+    filename = Path(urllib.parse.urlparse(url).path).name
+    if not filename.endswith((*TORCH_SUFFIXES, ".safetensors", ".npz")):  # a share link: the name picks the reader
+        filename = weights.filename
     path = cache_dir() / f"{name}.{weights.tag}" / filename
     if path.is_file():
         return path

@@ -34,7 +34,8 @@ class Weights:
     """One published checkpoint of a variant.
 
     Exactly one of `hf_hub_id` (a Hugging Face hub repository, with `filename` in it) and `url` (a
-    plain download) says where the file is. `layout` names the layout it is in ("timm", "official",
+    plain download; `filename` names the cached file when the URL's path has no weights suffix, as
+    share links do) says where the file is. `layout` names the layout it is in ("timm", "official",
     "hf"); loading converts it through the family's converters. `sha256` and `size` (bytes) are the
     release's own statements, None where it makes none. `num_classes` is the classifier the file
     holds (0: none, a feature extractor); `classes` names the label set whose names ship with vitlab
