@@ -283,6 +283,24 @@ def test_release_offline_and_not_cached_names_the_url_and_the_place(server, tmp_
     assert file_requests(server) == []
 
 
+@pytest.mark.parametrize("fixture", ["segmenter_tiny_mask-official", "cswin_tiny_224-official"])
+def test_registered_release_files_reproduce_the_reference(server, tmp_path, monkeypatch, fixture):
+    """A registered release URL (same path, on the local server) serving a training checkpoint that wraps a
+    parity fixture's weights (under `state_dict_ema` where the release is evaluated with its EMA)."""
+    (path,) = [p for p in FIXTURES if p.stem == fixture]
+    meta, state, inputs, expected = read_fixture(path)
+    (published,) = registry.get_entry(meta["model"]).weights
+    wrapper = "state_dict_ema" if published.ema else "model"
+    torch.save({wrapper: state, "epoch": 1}, tmp_path / "release.pth")
+    url = urllib.parse.urlparse(published.url)
+    server.files[url.path] = (tmp_path / "release.pth").read_bytes()
+    with_weights(monkeypatch, meta["model"], dataclasses.replace(published, url=f"{server.url}{url.path}"))
+    model = vitlab.create_model(meta["model"], pretrained=True, **json.loads(meta["kwargs"])).double().eval()
+    with torch.no_grad():
+        actual = model(inputs.double())
+    assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-8
+
+
 def test_share_link_release_is_cached_under_the_name_its_reader_needs(server, tmp_path, monkeypatch):
     (published,) = registry.get_entry("hornet_tiny_7x7").weights
     link = urllib.parse.urlparse(published.url)  # https://cloud.tsinghua.edu.cn/f/<id>/?dl=1
