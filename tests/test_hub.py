@@ -330,11 +330,32 @@ def test_predict_pretrained_prints_imagenet_names(server, tmp_path, capsys):
 def test_predict_needs_a_checkpoint_or_pretrained(capsys):
     assert main(["predict", "--model", DEIT, "x.png"]) == 2
     assert "--pretrained" in capsys.readouterr().err
-    assert main(["predict", "--model", "segformer_b0", "--pretrained", "x.png"]) == 2
-    assert "no published weights are known for segformer_b0" in capsys.readouterr().err
+    assert main(["predict", "--model", "pale_tiny_224", "--pretrained", "x.png"]) == 2
+    assert "no published weights are known for pale_tiny_224" in capsys.readouterr().err
 
 
-def test_models_lists_weights(capsys):
+def test_hub_settings_are_read_when_a_file_is_fetched_not_at_import(server, tmp_path, monkeypatch):
+    """huggingface_hub fixes HF_ENDPOINT / HF_HOME when imported (an earlier test imported it with another
+    server's address): a later setting must still decide where vitlab fetches and caches."""
+    import huggingface_hub.constants
+
+    stale = "http://127.0.0.1:9"  # nothing listens there
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", stale)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", stale + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    state = serve_deit(server, tmp_path)
+    assert same_weights(vitlab.create_model(DEIT, pretrained=True, **DEIT_TINY), state)
+    assert (tmp_path / "hf" / "hub" / f"models--timm--{DEIT}.fb_in1k").is_dir()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_models_lists_weights(capsys, monkeypatch):
+    import vitlab.analysis.complexity
+
+    counted = dict(input_size=(3, 224, 224), params=5.7e6, gmacs=1.3, reference="ViT")  # counting is tested elsewhere
+    monkeypatch.setattr(vitlab.analysis.complexity, "model_info", lambda name: counted)
     assert main(["models", "--pretrained", "deit_tiny*"]) == 0
     out = capsys.readouterr().out
     assert f"{DEIT}.fb_in1k" in out and f"https://huggingface.co/timm/{DEIT}.fb_in1k" in out

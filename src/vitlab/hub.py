@@ -58,18 +58,27 @@ def fetch_weights(name: str, weights: Weights) -> Path:
     return path
 
 
-def _hub_cache() -> str | None:
+def _hub_cache() -> str:
+    """huggingface_hub's cache folder, by its rules, from the environment as it is now.
+
+    (huggingface_hub reads the variables once, when it is imported; passing the folder and the
+    endpoint explicitly makes a later change of HF_HOME or HF_ENDPOINT count.)
+    """
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return None  # huggingface_hub's default
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 def hub_url(weights: Weights) -> str:
     """The address of a hub file, at `$HF_ENDPOINT` when set."""
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{weights.hf_hub_id}/resolve/main/{weights.filename}"
+    return f"{_hub_endpoint()}/{weights.hf_hub_id}/resolve/main/{weights.filename}"
 
 
 def _fetch_from_hub(name: str, weights: Weights) -> Path:
@@ -80,7 +89,7 @@ def _fetch_from_hub(name: str, weights: Weights) -> Path:
         repo_id=weights.hf_hub_id,
         filename=weights.filename,
         cache_dir=_hub_cache(),
-        endpoint=(os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None,
+        endpoint=_hub_endpoint(),
         library_name="vitlab",
     )
     try:
@@ -91,7 +100,7 @@ def _fetch_from_hub(name: str, weights: Weights) -> Path:
     if offline():
         raise CheckpointError(
             f"{name}.{weights.tag}: offline (HF_HUB_OFFLINE / VITLAB_OFFLINE) and {weights.hf_hub_id}/"
-            f"{weights.filename} is not in the hub cache ({_hub_cache() or 'the default HF cache'}); "
+            f"{weights.filename} is not in the hub cache ({_hub_cache()}); "
             f"fetch {url} once while online"
         )
     try:
