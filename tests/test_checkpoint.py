@@ -1,9 +1,6 @@
 import argparse
-import http.server
 import os
-import threading
 import warnings
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -203,62 +200,6 @@ def test_class_names_are_read_from_metadata_torch_and_hf_config(tmp_path):
     save_file({"x": torch.zeros(1)}, hf / "model.safetensors")
     (hf / "config.json").write_text('{"id2label": {"1": "two", "0": "one", "10": "eleven"}}')
     assert read_class_names(hf / "model.safetensors") == ["one", "two", "eleven"]
-
-
-# Published checkpoints, served from 127.0.0.1 only.
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local HTTP server standing in for the hub; files go under the returned directory."""
-    root = tmp_path / "hub"
-    root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("VITLAB_HUB_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("VITLAB_OFFLINE", raising=False)
-    yield root
-    server.shutdown()
-
-
-def hub_path(root: Path, name: str) -> Path:
-    entry = vitlab.registry.get_entry(name)
-    path = root / entry.url.split("://", 1)[1].split("/", 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def test_pretrained_downloads_into_the_cache_then_works_offline(hub, tmp_path, monkeypatch):
-    name = "deit_tiny_patch16_224"
-    published = vitlab.create_model(name)
-    save_file(published.state_dict(), hub_path(hub, name))
-    model = vitlab.create_model(name, pretrained=True)
-    assert same_weights(model, published)
-    assert (tmp_path / "cache" / f"{name}.safetensors").is_file()
-    monkeypatch.setenv("VITLAB_OFFLINE", "1")
-    assert same_weights(vitlab.create_model(name, pretrained=True), published)
-
-
-def test_truncated_download_is_not_cached(hub, tmp_path):
-    name = "deit_tiny_patch16_224"
-    hub_path(hub, name).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
-    with pytest.raises(CheckpointError, match="did not give a valid safetensors file"):
-        vitlab.create_model(name, pretrained=True)
-    assert not any((tmp_path / "cache").iterdir())
-
-
-def test_offline_or_unreachable_says_which_file_to_put_where(hub, tmp_path, monkeypatch):
-    name = "deit_tiny_patch16_224"
-    expected = tmp_path / "cache" / f"{name}.safetensors"
-    with pytest.raises(CheckpointError, match="could not download") as err:  # the server has no such file
-        vitlab.create_model(name, pretrained=True)
-    assert str(expected) in str(err.value)
-    monkeypatch.setenv("VITLAB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="offline and not cached") as err:
-        vitlab.create_model(name, pretrained=True)
-    assert str(expected) in str(err.value) and "deit_tiny_patch16_224.fb_in1k" in str(err.value)
 
 
 def test_jax_npz_files_load(tmp_path):

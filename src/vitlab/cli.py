@@ -64,8 +64,10 @@ def vitlab_command() -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from vitlab.analysis.complexity import model_info
-    from vitlab.registry import list_models
+    from vitlab.registry import get_entry, list_models
 
+    if args.pretrained:
+        return list_pretrained(args.pattern or "*")
     names = list_models(args.pattern or "*")
     if not names:
         raise UsageError(f"no model matches {args.pattern!r}")
@@ -73,12 +75,37 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in names:
         info = model_info(name)
         size = "x".join(str(s) for s in info["input_size"][1:])
-        rows.append((name, f"{info['params'] / 1e6:.2f}M", f"{info['gmacs']:.2f}", size, info["reference"]))
-    header = ("model", "params", "GMACs", "input", "reference")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+        weights = get_entry(name).weights
+        published = f"{weights[0].tag} ({weights[0].layout})" if weights else "-"
+        published += f" +{len(weights) - 1}" if len(weights) > 1 else ""
+        rows.append((name, f"{info['params'] / 1e6:.2f}M", f"{info['gmacs']:.2f}", size, published, info["reference"]))
+    print_table(("model", "params", "GMACs", "input", "weights", "reference"), rows)
     return 0
+
+
+def list_pretrained(pattern: str) -> int:
+    """`vitlab models --pretrained`: every published checkpoint, named with its tag, the default first."""
+    from vitlab.registry import get_entry, list_models
+    from vitlab.weights import split_tag
+
+    names = list_models(pattern, pretrained=True)
+    if not names:
+        raise UsageError(f"no published weights match {pattern!r}")
+    rows = []
+    for name in names:
+        base, tag = split_tag(name)
+        w = next(w for w in get_entry(base).weights if w.tag == tag)
+        size = "x".join(map(str, (w.preprocess or get_entry(base).preprocess).input_size[1:]))
+        rows.append((name, str(w.num_classes or "-"), size, w.layout, w.source))
+    print_table(("model.tag", "classes", "input", "layout", "file"), rows)
+    return 0
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one is left as it is."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -97,10 +124,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.registry import create_model, load_model
     from vitlab.train.seg_eval import is_segmentation
 
-    if is_segmentation(args.model, args.checkpoint):
-        return predict_masks(args)
+    if args.pretrained and not args.model:
+        raise UsageError("--pretrained needs --model NAME (a tag is allowed: deit_tiny_patch16_224.fb_in1k)")
+    if bool(args.pretrained) == bool(args.checkpoint):
+        raise UsageError("give either --checkpoint PATH or --pretrained (the published weights)")
+    if args.pretrained:  # a variant without published weights says so here
+        from vitlab.hub import fetch_weights
+        from vitlab.registry import get_entry
+        from vitlab.weights import select_weights, split_tag
 
-    model = create_model(args.model, pretrained=args.checkpoint) if args.model else load_model(args.checkpoint)
+        entry = get_entry(args.model)
+        weights = select_weights(entry, split_tag(args.model)[1])
+        if entry.task == "semantic-segmentation":  # the fetched file is then a checkpoint like any other
+            args.model, args.checkpoint = entry.name, str(fetch_weights(entry.name, weights))
+            return predict_masks(args)
+    elif is_segmentation(args.model, args.checkpoint):
+        return predict_masks(args)
+    if args.model:
+        model = create_model(args.model, pretrained=args.pretrained or args.checkpoint)
+    else:
+        model = load_model(args.checkpoint)
     model.eval()
     if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
         from vitlab.seq2seq.predict import predict_strips
@@ -115,7 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         names = read_labels(args.labels)
         if len(names) != model.num_classes:
             raise UsageError(f"{args.labels} names {len(names)} classes; the model has {model.num_classes}")
-    pre = model.entry.preprocess
+    weights = getattr(model, "pretrained_weights", None)
+    pre = weights.preprocess if weights is not None and weights.preprocess is not None else model.entry.preprocess
     size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
     batch = preprocess_files(args.images, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
     with torch.inference_mode():
@@ -262,11 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the models with params, GMACs and reference")
     models.add_argument("pattern", nargs="?", help="shell pattern or substring of the names, e.g. 'deit*'")
+    models.add_argument("--pretrained", action="store_true", help="list the published weights, as NAME.TAG")
     models.set_defaults(func=cmd_models)
 
     predict = commands.add_parser("predict", help="top-k classes of images (segmentation: mask and overlay PNGs)")
     predict.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
-    predict.add_argument("--checkpoint", required=True, help="weights in any layout vitlab loads")
+    predict.add_argument("--checkpoint", help="weights in any layout vitlab loads")
+    predict.add_argument(
+        "--pretrained", action="store_true", help="the model's published weights (downloaded once, then cached)"
+    )
     predict.add_argument("--labels", help="file with one class name per line (default: the checkpoint's names)")
     predict.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
     predict.add_argument("--top", type=positive_int, default=5)

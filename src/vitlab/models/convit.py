@@ -45,6 +45,7 @@ from vitlab.layers.grouping import PLANS, Plan
 from vitlab.layers.position import resize_pos_embed
 from vitlab.models.vit import VisionTransformer
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import timm_weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,7 +264,6 @@ class ConViT(VisionTransformer):
 
 
 _CONVIT = "ConViT: d'Ascoli et al. 2021; timm convit_* (the official facebookresearch/convit layout)"
-_HUB = "https://huggingface.co/timm/{}.fb_in1k/resolve/main/model.safetensors"
 _TINY = dict(embed_dim=32, depth=2, num_heads=4, local_up_to_layer=1)
 for _name, _heads, _top1 in [("convit_tiny", 4, 73.1), ("convit_small", 9, 81.3), ("convit_base", 16, 82.4)]:
     register_model(
@@ -273,7 +273,7 @@ for _name, _heads, _top1 in [("convit_tiny", 4, 73.1), ("convit_small", 9, 81.3)
         _CONVIT,
         tiny=_TINY,
         preprocess=Preprocess((3, 224, 224)),
-        url=_HUB.format(_name),
+        weights=timm_weights(_name),
         paper=dict(top1=_top1),
     )
 

@@ -39,6 +39,7 @@ from vitlab.layers.embed import ConvMerge
 from vitlab.layers.grouping.stripes import LePEStripeAttention
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import Weights
 
 
 class ChannelsLast(nn.Module):
@@ -184,7 +185,15 @@ for _name, (_dim, _depth, _heads, _split, _official, _top1) in _VARIANTS.items()
         f"{_CSWIN}, {_official}",
         tiny=dict(embed_dim=16, depth=(1, 1, 1, 1), num_heads=(2, 2, 4, 4)),
         preprocess=Preprocess((3, _img, _img), crop_pct=0.9 if _img == 224 else 1.0),
-        url=_RELEASE.format(_name),
-        pretrained_ema=True,
+        weights=[
+            Weights(
+                "in22k_ft_in1k" if "large" in _name else "in1k",
+                url=_RELEASE.format(_name),
+                layout="official",
+                ema=True,
+                top1=_top1,
+                license="mit",
+            )
+        ],
         paper=dict(top1=_top1),
     )

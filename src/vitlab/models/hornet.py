@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from vitlab.layers import DropPath, drop_path_rates
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import Weights
 
 
 def nchw(x: Tensor) -> Tensor:
@@ -323,6 +324,25 @@ _VARIANTS = {
     "hornet_large_7x7": (192, None, None),
     "hornet_large_gf": (192, _GF, None),
 }
+# The README's ImageNet-1k release files (Tsinghua Cloud direct-download links). The Large ones are trained on
+# ImageNet-22k with a class count the release does not state, so they are not listed.
+_RELEASE = {
+    "hornet_tiny_7x7": "bac9690c72944d19aca1",
+    "hornet_tiny_gf": "460e759c82324ea6bfa3",
+    "hornet_small_7x7": "8ef64277da0e469ea857",
+    "hornet_small_gf": "959603ca287d4c09ad49",
+    "hornet_base_7x7": "13a748487711492e9704",
+    "hornet_base_gf": "c212d1d8a3914b47a5c1",
+}
+
+
+def _release(name: str, top1: float | None) -> list[Weights]:
+    if name not in _RELEASE:
+        return []
+    url = f"https://cloud.tsinghua.edu.cn/f/{_RELEASE[name]}/?dl=1"
+    return [Weights("in1k", url=url, filename=f"{name}.pth", layout="official", top1=top1, license="mit")]
+
+
 for _name, (_dim, _gf, _top1) in _VARIANTS.items():
     register_model(
         _name,
@@ -332,6 +352,7 @@ for _name, (_dim, _gf, _top1) in _VARIANTS.items():
         tiny=dict(base_dim=8, depths=(1, 1, 1, 1)),
         preprocess=Preprocess((3, 224, 224), crop_pct=0.875),
         paper=dict(top1=_top1) if _top1 else {},
+        weights=_release(_name, _top1),
     )
 
 register_model(

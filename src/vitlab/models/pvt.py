@@ -45,6 +45,7 @@ from vitlab.layers.mlp import Mlp
 from vitlab.models.base import Backbone
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import Weights, timm_weights
 
 
 class ConvPatchEmbed(nn.Module):
@@ -348,6 +349,17 @@ for _size, _depths in _V1_DEPTHS.items():
         tiny=_V1_TINY,
         preprocess=Preprocess((3, 224, 224), crop_pct=0.875),
         paper=dict(top1=_V1_TOP1[_size]),
+        # the official release converted to HF transformers' layout (the repository HF's PVT docs name)
+        weights=[
+            Weights(
+                "in1k",
+                hf_hub_id=f"Xrenya/pvt-{_size}-224",
+                filename="pytorch_model.bin",
+                layout="hf",
+                config_file="config.json",
+                license="apache-2.0",
+            )
+        ],  # fmt: skip
     )
 
 _WIDE = (64, 128, 320, 512)
@@ -368,6 +380,6 @@ for _name, (_dims, _depths, _mlp, _linear, _top1) in _V2_VARIANTS.items():
         f"{_V2}, {_name}",
         tiny=_V2_TINY,
         preprocess=Preprocess((3, 224, 224), crop_pct=0.9),
-        url=f"https://huggingface.co/timm/{_name}.in1k/resolve/main/model.safetensors",
+        weights=timm_weights(_name),
         paper=dict(top1=_top1),
     )

@@ -35,6 +35,7 @@ from vitlab.layers.heads import ClassifierHead
 from vitlab.layers.position import crop_relative_position_table, resize_relative_position_table
 from vitlab.models.pyramid import Pyramid, Stage
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import timm_weights
 
 
 def swin_block(
@@ -173,7 +174,6 @@ class SwinTransformer(Pyramid):
 
 
 _SWIN = "Swin Transformer: Liu et al. 2021"
-_HUB = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _WIDTHS = {  # size: (embed_dim, depths, num_heads)
     "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
@@ -201,6 +201,6 @@ for _size, _window, _img, _tag in [
         _SWIN,
         tiny=dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)),
         preprocess=Preprocess((3, _img, _img), crop_pct=0.9 if _img == 224 else 1.0),
-        url=_HUB.format(f"{_name}.{_tag}"),
+        weights=timm_weights(_name, default=_tag),
         paper=dict(top1=_TOP1[_size]) if _img == 224 and _size in _TOP1 else {},
     )

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from vitlab.layers import Mlp, attend, record_attention, sinusoidal_1d
 from vitlab.models.vit import VisionTransformer
 from vitlab.registry import Preprocess, register_model
+from vitlab.weights import Weights
 
 SoftSplit = tuple[int, int, int]  # (kernel, stride, padding) of one nn.Unfold
 T2T_SPLITS: tuple[SoftSplit, ...] = ((7, 4, 2), (3, 2, 1), (3, 2, 1))  # the paper's (section 3.3)
@@ -288,8 +289,7 @@ for _name, (_dim, _depth, _heads, _mlp, _tokens, _file, _top1) in _VARIANTS.item
         f"{_T2T}, models/t2t_vit.py {_name}",
         tiny=_TINY,
         preprocess=Preprocess((3, 224, 224), crop_pct=0.9),
-        url=_RELEASE.format(_file),
-        pretrained_ema=True,
+        weights=[Weights("in1k", url=_RELEASE.format(_file), layout="official", ema=True, top1=_top1)],
         paper=dict(top1=_top1),
     )
 

@@ -30,6 +30,7 @@ from vitlab.layers.heads import POOLS, distilled_logits, pool_features
 from vitlab.layers.position import resize_pos_embed
 from vitlab.models.base import Backbone
 from vitlab.registry import INCEPTION, Preprocess, register_model
+from vitlab.weights import timm_weights
 
 
 def vit_block(
@@ -219,7 +220,6 @@ def conv_stem_vit(
 
 _VIT = "ViT: Dosovitskiy et al. 2021"
 _DEIT = "DeiT: Touvron et al. 2021"
-_HUB = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _TINY = dict(embed_dim=32, depth=2, num_heads=2)
 _WIDTHS = {  # name: (embed_dim, depth, num_heads)
     "tiny": (192, 12, 3),
@@ -240,7 +240,7 @@ def _register_vit(size: str, patch: int, img: int, tag: str | None) -> None:
         _VIT,
         tiny=_TINY,
         preprocess=Preprocess((3, img, img), INCEPTION.mean, INCEPTION.std, crop_pct=0.9 if img == 224 else 1.0),
-        url=_HUB.format(f"{name}.{tag}") if tag else None,
+        weights=timm_weights(name, default=tag),
     )
 
 
@@ -278,7 +278,7 @@ for (_size, _distilled), _top1 in _DEIT_TOP1.items():
         dict(embed_dim=_dim, depth=_depth, num_heads=_heads, distilled=_distilled),
         _DEIT,
         tiny=_TINY,
-        url=_HUB.format(f"{_name}.fb_in1k"),
+        weights=timm_weights(_name),
         paper=dict(top1=_top1),
     )
 for _name, _distilled in [("deit_base_patch16_384", False), ("deit_base_distilled_patch16_384", True)]:
@@ -289,7 +289,7 @@ for _name, _distilled in [("deit_base_patch16_384", False), ("deit_base_distille
         _DEIT,
         tiny=_TINY,
         preprocess=Preprocess((3, 384, 384), crop_pct=1.0),
-        url=_HUB.format(f"{_name}.fb_in1k"),
+        weights=timm_weights(_name),
     )
 
 # vitlab's own small-image configuration of the convolutional-stem ViT (the paper's are for ImageNet and

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from vitlab.models.pvt import PyramidVisionTransformerV2
 from vitlab.registry import Preprocess, register_model
 from vitlab.segmentation.base import SegmentationModel, SegmentationOutput, build_backbone
+from vitlab.weights import Weights
 
 
 class MixVisionTransformer(PyramidVisionTransformerV2):
@@ -169,6 +170,14 @@ _MIT = {  # name: (embed_dims, depths, decoder width, ADE20K mIoU, Cityscapes mI
     "b4": (_WIDE, (3, 8, 27, 3), 768, 50.3, 82.3),
     "b5": (_WIDE, (3, 6, 40, 3), 768, 51.0, 82.4),
 }
+
+
+def _nvidia(tag: str, repo: str, num_classes: int = 1000) -> Weights:
+    """NVlabs' released weights as converted to HF transformers' layout (class names in its config.json)."""
+    return Weights(tag, hf_hub_id=f"nvidia/{repo}", filename="pytorch_model.bin", layout="hf",
+                   config_file="config.json", num_classes=num_classes, classes=None, license="other")  # fmt: skip
+
+
 for _b, (_dims, _depths, _width, _ade, _city) in _MIT.items():
     register_model(
         f"mit_{_b}",
@@ -177,9 +186,13 @@ for _b, (_dims, _depths, _width, _ade, _city) in _MIT.items():
         f"{_REFERENCE}: mit_{_b} (ImageNet-1k)",
         tiny=_TINY_MIT,
         preprocess=Preprocess((3, 224, 224), crop_pct=0.9),
+        weights=[_nvidia("in1k", f"mit-{_b}")],  # ImageNet-1k names come with the config
     )
     _ade_size = 640 if _b == "b5" else 512  # the official B5 is trained on 640x640 crops
-    for _suffix, _classes, _size, _miou in [("", 150, _ade_size, _ade), ("_cityscapes", 19, 1024, _city)]:
+    for _suffix, _tag, _classes, _size, _miou in [
+        ("", "ade", 150, _ade_size, _ade),
+        ("_cityscapes", "cityscapes", 19, 1024, _city),
+    ]:
         register_model(
             f"segformer_{_b}{_suffix}",
             SegFormer,
@@ -190,4 +203,5 @@ for _b, (_dims, _depths, _width, _ade, _city) in _MIT.items():
             tiny=dict(backbone_args=_TINY_MIT, decoder_dim=16),
             preprocess=Preprocess((3, _size, _size), crop_pct=1.0, interpolation="bilinear"),
             paper=dict(miou=_miou),
+            weights=[_nvidia(_tag, f"segformer-{_b}-finetuned-{_tag}-{_size}-{_size}", _classes)],
         )

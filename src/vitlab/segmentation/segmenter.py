@@ -33,6 +33,7 @@ from vitlab.layers.drop import drop_path_rates
 from vitlab.models.vit import VisionTransformer, vit_block
 from vitlab.registry import INCEPTION, Preprocess, register_model
 from vitlab.segmentation.base import SegmentationModel, SegmentationOutput, build_backbone
+from vitlab.weights import Weights
 
 DECODERS = ("linear", "mask")
 NORM_EPS = 1e-5  # nn.LayerNorm's default, which the release uses everywhere
@@ -210,6 +211,15 @@ _SIZES = {  # name: (embed_dim, depth, num_heads, crop size of the ADE20K releas
     "base": (768, 12, 12, 512),
     "large": (1024, 24, 16, 640),
 }
+# The README's ADE20K release files of the mask-transformer models (the linear-decoder ones are not released).
+_RELEASE = "https://www.rocq.inria.fr/cluster-willow/rstrudel/segmenter/checkpoints/ade20k/{}/checkpoint.pth"
+
+
+def _ade_release(size: str) -> list[Weights]:
+    folder = "seg_large_mask_640" if size == "large" else f"seg_{size}_mask"
+    return [Weights("ade", url=_RELEASE.format(folder), layout="official", num_classes=150, classes=None)]
+
+
 for _size, (_dim, _depth, _heads, _img) in _SIZES.items():
     for _decoder in DECODERS:
         register_model(
@@ -221,4 +231,5 @@ for _size, (_dim, _depth, _heads, _img) in _SIZES.items():
             task="semantic-segmentation",
             num_classes=150,
             preprocess=Preprocess((3, _img, _img), INCEPTION.mean, INCEPTION.std, 1.0, "bilinear"),
+            weights=_ade_release(_size) if _decoder == "mask" else [],
         )
