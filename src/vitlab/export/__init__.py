@@ -9,12 +9,13 @@ and dynamic INT8 quantisation of the linear layers.
 """
 
 from vitlab.export.command import register_export_command
-from vitlab.export.core import NO_ONNX, STATIC_SHAPES, ExportError, ExportResult, dynamic_limit
+from vitlab.export.core import NO_ONNX, STATIC_ALL, STATIC_SHAPES, ExportError, ExportResult, dynamic_limit, onnx_limit
 from vitlab.export.int8 import int8_agreement, quantize_int8, quantize_onnx_int8
 from vitlab.export.program import export_program, save_program
 from vitlab.export.to_onnx import export_onnx
 
 __all__ = [
-    "NO_ONNX", "STATIC_SHAPES", "ExportError", "ExportResult", "dynamic_limit", "export_onnx", "export_program",
+    "NO_ONNX", "STATIC_ALL", "STATIC_SHAPES", "ExportError", "ExportResult", "dynamic_limit", "export_onnx",
+    "export_program", "onnx_limit",
     "int8_agreement", "quantize_int8", "quantize_onnx_int8", "register_export_command", "save_program",
 ]  # fmt: skip

@@ -20,23 +20,40 @@ class ExportError(ValueError):
 
 
 # The families whose exported graphs keep a fixed height and width (the batch axis stays dynamic), and
-# why. Keyed by model class; `dynamic_limit` adds the instance-level reasons (a fixed-size head). The
+# why. Keyed by model class; `dynamic_limit` adds the reasons that depend on a model's options. The
 # tests export every family and check that exactly these are static, with these messages.
-_GROUPING_PLAN = (
-    "its {what} plan (padding, masks, token indices) is built from the map size as Python integers, "
-    "so a traced graph holds the plan of the traced size"
-)
+_PYTHON_PLAN = "its {what} built from the map size as Python integers, so a traced graph holds those of the traced size"
 STATIC_SHAPES: dict[str, str] = {
-    "SwinTransformer": _GROUPING_PLAN.format(what="window"),
-    "CSWinTransformer": _GROUPING_PLAN.format(what="stripe"),
-    "PaleTransformer": _GROUPING_PLAN.format(what="pale"),
-    "AxialResNet": _GROUPING_PLAN.format(what="axis"),
-    "SASAResNet": _GROUPING_PLAN.format(what="neighbourhood"),
-    "DAT": _GROUPING_PLAN.format(what="window and reference-point"),
+    "SwinTransformer": _PYTHON_PLAN.format(what="window plans (padding, shift masks, window indices) are"),
+    "CSWinTransformer": _PYTHON_PLAN.format(what="stripe plans (padding, masks, stripe indices) are"),
+    "PaleTransformer": _PYTHON_PLAN.format(what="pale plans (padding, masks, pale indices) are"),
+    "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
+    "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
+    "ConViT": _PYTHON_PLAN.format(what="GPSA's patch offsets are"),
 }
+# The families whose graphs keep every axis fixed, batch included, and why.
+STATIC_ALL: dict[str, str] = {
+    "SASAResNet": "torch.onnx cannot export the neighbourhoods' Unfold on an input of unknown size",
+    "RecurrentSeq2Seq": "the recurrence loops over time steps in Python, so a traced graph unrolls the traced "
+    "batch and lengths",
+}
+_ADAPTIVE_POOL = (
+    "its adaptive average pooling (linear SRA's pooling to 7x7) needs the input size when torch.onnx traces it"
+)
 
-# Families that do not export to ONNX at all, and why.
-NO_ONNX: dict[str, str] = {}
+# Families that do not export to ONNX at all, and why (`onnx_limit` adds the reasons of options).
+NO_ONNX: dict[str, str] = {
+    "PSViT": "its number of sampling points is rounded from the image size with Python's round(), which "
+    "the ONNX tracer's symbolic sizes do not support",
+}
+_FFT = "its global filters (torch.fft.rfft2 / irfft2) have no export in torch.onnx's TorchScript exporter"
+
+
+def onnx_limit(model: nn.Module) -> str | None:
+    """Why `model` cannot be exported to ONNX at all; None when it can."""
+    if any(type(module).__name__ == "GlobalLocalFilter" for module in model.modules()):
+        return _FFT
+    return NO_ONNX.get(family(model))
 
 
 def family(model: nn.Module) -> str:
@@ -49,21 +66,49 @@ def dynamic_limit(model: nn.Module) -> str | None:
     inner = getattr(model, "model", model)
     if getattr(inner, "global_pool", None) == "flatten":
         return "its 'flatten' head classifies a fixed number of patches (a fixed-size head)"
+    if family(model) in STATIC_ALL:
+        return STATIC_ALL[family(model)]
+    if any(
+        isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size not in (1, (1, 1)) for module in model.modules()
+    ):
+        return _ADAPTIVE_POOL
     return STATIC_SHAPES.get(family(model))
 
 
 def is_sequence_model(model: nn.Module) -> bool:
-    return getattr(model, "task", None) == "sequence-to-sequence" or hasattr(model, "example_inputs")
+    return hasattr(model, "example_inputs")
+
+
+def own_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size a model's parameters are made for (`img_size`, of its encoder for segmentation)."""
+    for part in (model, getattr(model, "model", None), getattr(model, "backbone", None)):
+        img_size = getattr(part, "img_size", None)
+        if img_size is not None and not isinstance(img_size, int):
+            return (int(img_size[0]), int(img_size[1]))
+        if isinstance(img_size, int):
+            return (img_size, img_size)
+    return None
 
 
 def default_size(model: nn.Module) -> tuple[int, int]:
     """The size a model is exported at unless told: the one its parameters are made for, else its preprocessing's."""
-    img_size = getattr(getattr(model, "model", model), "img_size", None)
+    img_size = own_size(model)
     if img_size is not None:
         return (int(img_size[0]), int(img_size[1]))
     entry = getattr(model, "entry", None)
     side = entry.preprocess.img_size if entry is not None else 224
     return (side, side)
+
+
+def traced_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> tuple[int, int]:
+    """The size a graph is traced at: `size`, or for a graph whose sides vary, a size other than the model's
+    own, so that every "resize the position table to the input's grid" step is recorded (at the model's own
+    size it is skipped); the checks then run at `size` as well."""
+    own = own_size(model)
+    spatial = dynamic and dynamic_limit(model) is None and not is_sequence_model(model)
+    if spatial and own is not None and tuple(size) == tuple(own):
+        return other_size(size)
+    return tuple(size)
 
 
 def other_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -103,6 +148,7 @@ def signature(model: nn.Module, size: tuple[int, int], batch: int = 2, dynamic: 
     tokens or image strip, target tokens), whose batch and target length vary.
     """
     spatial = dynamic and dynamic_limit(model) is None
+    dynamic = dynamic and family(model) not in STATIC_ALL
     if is_sequence_model(model):
         first, target = model.example_inputs(batch)
         names = ("images", "targets") if first.ndim == 4 else ("source", "targets")
@@ -120,7 +166,7 @@ def signature(model: nn.Module, size: tuple[int, int], batch: int = 2, dynamic: 
     if dynamic:
         image_axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
         sig.dynamic = {"images": image_axes, "logits": {0: "batch"}}
-        if spatial and getattr(model, "task", None) == "semantic-segmentation":
+        if spatial and x.ndim == 4 and getattr(getattr(model, "entry", None), "task", None) == "semantic-segmentation":
             sig.dynamic["logits"] = {0: "batch", 2: "height", 3: "width"}
     return sig
 

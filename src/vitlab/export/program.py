@@ -18,6 +18,7 @@ from vitlab.export.core import (
     flatten_outputs,
     max_relative_error,
     signature,
+    traced_size,
 )
 from vitlab.export.to_onnx import TOLERANCE, checks_for
 
@@ -74,7 +75,8 @@ def save_program(
     the model's outputs (max relative error below 1e-4) at the sizes its symbolic axes allow."""
     name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
     model = model.eval()
-    size = tuple(img_size) if img_size is not None else default_size(model)
+    asked = tuple(img_size) if img_size is not None else default_size(model)
+    size = traced_size(model, asked, dynamic)
     start = time.perf_counter()
     program = export_program(model, size, dynamic, name)
     path = Path(path)
@@ -88,19 +90,24 @@ def save_program(
     )
     result = ExportResult(path, "torch-export", size, axes, reason, {}, seconds)
     if verify:
-        result.errors = verify_program(path, model, size, axes, name)
+        result.errors = verify_program(path, model, size, axes, name, asked)
     return result
 
 
 def verify_program(
-    path: str | Path, model: nn.Module, size: tuple[int, int], axes: dict[str, dict[int, str]], name: str
+    path: str | Path,
+    model: nn.Module,
+    size: tuple[int, int],
+    axes: dict[str, dict[int, str]],
+    name: str,
+    asked: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes)`."""
     module = torch.export.load(str(path)).module()
     sig = signature(model, size)
     errors = {}
-    for batch, at in checks_for(size, axes):
-        inputs = sig.with_batch(batch, model, at)
+    for batch, at in checks_for(size, axes, asked):
+        inputs = sig.with_batch(batch, model, None if at == size else at)
         label = f"batch {batch} at {at[0]}x{at[1]}"
         with torch.no_grad():
             expected = flatten_outputs(model(*inputs.values()))

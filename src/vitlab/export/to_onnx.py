@@ -13,23 +13,24 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vitlab.export.core import (
-    NO_ONNX,
     ExportError,
     ExportResult,
     check_runs,
     default_size,
     dynamic_limit,
-    family,
     flatten_outputs,
     max_relative_error,
+    onnx_limit,
     other_size,
     signature,
+    traced_size,
 )
 
 OPSET = 18  # Resize's `antialias` (position tables shrunk as timm shrinks them) needs 18
@@ -98,10 +99,11 @@ def export_onnx(
     (`other_size`). The maximum relative error must stay below `TOLERANCE` at each, else ExportError.
     """
     name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
-    if family(model) in NO_ONNX:
-        raise ExportError(f"{name} cannot be exported to ONNX: {NO_ONNX[family(model)]}")
+    if onnx_limit(model) is not None:
+        raise ExportError(f"{name} cannot be exported to ONNX: {onnx_limit(model)}")
     model = model.eval()
-    size = tuple(img_size) if img_size is not None else default_size(model)
+    asked = tuple(img_size) if img_size is not None else default_size(model)
+    size = traced_size(model, asked, dynamic)
     sig = signature(model, size, dynamic=dynamic)
     check_runs(model, sig.inputs, name)
     path = Path(path)
@@ -109,7 +111,7 @@ def export_onnx(
     _register_symbolics()
     start = time.perf_counter()
     try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad(), warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, tuple(sig.inputs.values()), str(path), dynamo=False, opset_version=OPSET,
@@ -123,23 +125,39 @@ def export_onnx(
     reason = dynamic_limit(model) if dynamic else None
     result = ExportResult(path, "onnx", size, sig.dynamic, reason, {}, seconds)
     if verify:
-        result.errors = verify_onnx(path, model, size, sig.dynamic, name)
+        result.errors = verify_onnx(path, model, size, sig.dynamic, name, asked)
     return result
 
 
-def checks_for(size: tuple[int, int], dynamic_axes: dict[str, dict[int, str]]) -> list[tuple[int, tuple[int, int]]]:
-    """The (batch, size) pairs an exported graph is checked at: the traced ones, plus others where axes vary."""
+def checks_for(
+    size: tuple[int, int], dynamic_axes: dict[str, dict[int, str]], asked: tuple[int, int] | None = None
+) -> list[tuple[int, tuple[int, int]]]:
+    """The (batch, size) pairs a graph traced at `size` is checked at: the traced batch and size, another
+    batch where it varies, and where the sides vary the size asked for (when the trace was made at
+    another) or `other_size(size)`."""
     axes = {axis for spec in dynamic_axes.values() for axis in spec.values()}
     checks = [(2, size)]
     if "batch" in axes:
         checks.append((3, size))
     if "height" in axes:
-        checks.append((1, other_size(size)))
+        checks.append((1, asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)))
     return checks
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter: on failure it prints the whole traced graph (the raised error says what failed)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
 def verify_onnx(
-    path: str | Path, model: nn.Module, size: tuple[int, int], dynamic_axes: dict[str, dict[int, str]], name: str
+    path: str | Path,
+    model: nn.Module,
+    size: tuple[int, int],
+    dynamic_axes: dict[str, dict[int, str]],
+    name: str,
+    asked: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Max relative error of onnxruntime against `model` at each of `checks_for(...)`; ExportError above TOLERANCE."""
     import onnxruntime
@@ -147,8 +165,8 @@ def verify_onnx(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sig = signature(model, size, dynamic=bool(dynamic_axes))
     errors = {}
-    for batch, at in checks_for(size, dynamic_axes):
-        inputs = sig.with_batch(batch, model, at)
+    for batch, at in checks_for(size, dynamic_axes, asked):
+        inputs = sig.with_batch(batch, model, None if at == size else at)
         with torch.no_grad():
             expected = flatten_outputs(model(*inputs.values()))
         feed = {key: value.numpy() for key, value in inputs.items()}

@@ -70,12 +70,12 @@ def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> 
 
 
 def is_tracing() -> bool:
-    """Whether a graph is being recorded (ONNX's tracer, torch.export, torch.compile) rather than run.
+    """Whether a graph is being recorded for export (ONNX's tracer, torch.export) rather than run.
 
     Shape-dependent branches must not be decided then: the branch taken at the traced size would be
     baked into the graph for every size.
     """
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def padding_key_mask(
