@@ -30,19 +30,23 @@ STATIC_SHAPES: dict[str, str] = {
     "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
     "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
     "ConViT": _PYTHON_PLAN.format(what="GPSA's patch offsets are"),
+    "Segmenter": "its decoders reshape the tokens to a patch grid computed with math.ceil from the image size, "
+    "a Python integer in a traced graph",
 }
 # The families whose graphs keep every axis fixed, batch included, and why.
 STATIC_ALL: dict[str, str] = {
-    "SASAResNet": "torch.onnx cannot export the neighbourhoods' Unfold on an input of unknown size",
     "RecurrentSeq2Seq": "the recurrence loops over time steps in Python, so a traced graph unrolls the traced "
     "batch and lengths",
 }
 _ADAPTIVE_POOL = (
-    "its adaptive average pooling (linear SRA's pooling to 7x7) needs the input size when torch.onnx traces it"
+    "its adaptive average pooling (linear SRA's pooling to 7x7) needs the whole input shape, batch included, "
+    "when torch.onnx traces it, and a map whose sides are multiples of 7 (as at 224x224)"
 )
 
 # Families that do not export to ONNX at all, and why (`onnx_limit` adds the reasons of options).
 NO_ONNX: dict[str, str] = {
+    "SASAResNet": "torch.onnx's TorchScript exporter cannot export the Unfold that gathers its neighbourhoods "
+    "('input size not accessible'), even at a fixed size",
     "PSViT": "its number of sampling points is rounded from the image size with Python's round(), which "
     "the ONNX tracer's symbolic sizes do not support",
 }
@@ -68,11 +72,18 @@ def dynamic_limit(model: nn.Module) -> str | None:
         return "its 'flatten' head classifies a fixed number of patches (a fixed-size head)"
     if family(model) in STATIC_ALL:
         return STATIC_ALL[family(model)]
-    if any(
-        isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size not in (1, (1, 1)) for module in model.modules()
-    ):
+    if _pools_adaptively(model):
         return _ADAPTIVE_POOL
     return STATIC_SHAPES.get(family(model))
+
+
+def _pools_adaptively(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1)) for m in model.modules())
+
+
+def fixed_batch(model: nn.Module) -> bool:
+    """Whether every axis of `model`'s exported graph is fixed, batch included (`STATIC_ALL`, adaptive pooling)."""
+    return family(model) in STATIC_ALL or _pools_adaptively(model)
 
 
 def is_sequence_model(model: nn.Module) -> bool:
@@ -148,7 +159,7 @@ def signature(model: nn.Module, size: tuple[int, int], batch: int = 2, dynamic: 
     tokens or image strip, target tokens), whose batch and target length vary.
     """
     spatial = dynamic and dynamic_limit(model) is None
-    dynamic = dynamic and family(model) not in STATIC_ALL
+    dynamic = dynamic and not fixed_batch(model)
     if is_sequence_model(model):
         first, target = model.example_inputs(batch)
         names = ("images", "targets") if first.ndim == 4 else ("source", "targets")
