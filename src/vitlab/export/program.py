@@ -50,16 +50,16 @@ def export_program(
         ) from err
 
 
-def symbolic_axes(program: torch.export.ExportedProgram) -> dict[str, dict[int, str]]:
-    """The input axes that stayed symbolic in `program`, named as `signature` names them."""
+def symbolic_axes(program: torch.export.ExportedProgram, inputs: list[str]) -> dict[str, dict[int, str]]:
+    """The input axes that stayed symbolic in `program`, under the input names `signature` gives (`inputs`)."""
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
     names = {0: "batch", 1: "length", 2: "height", 3: "width"}
     axes = {}
-    for key in program.graph_signature.user_inputs:
+    for key, label in zip(program.graph_signature.user_inputs, inputs, strict=True):
         shape = placeholders[key].meta["val"].shape
         dims = {i: names.get(i, f"axis{i}") for i, dim in enumerate(shape) if isinstance(dim, torch.SymInt)}
         if dims:
-            axes[key] = dims
+            axes[label] = dims
     return axes
 
 
@@ -83,7 +83,7 @@ def save_program(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     seconds = time.perf_counter() - start
-    axes = symbolic_axes(program)
+    axes = symbolic_axes(program, list(signature(model, size).inputs))
     spatial = any("height" in spec.values() for spec in axes.values())
     reason = (
         (dynamic_limit(model) or "torch.export specialised the height and width") if dynamic and not spatial else None
