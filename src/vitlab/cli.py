@@ -62,52 +62,6 @@ def vitlab_command() -> str:
     return f"{shlex.quote(sys.executable)} -m vitlab"
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from vitlab.analysis.complexity import model_info
-    from vitlab.registry import get_entry, list_models
-
-    if args.pretrained:
-        return list_pretrained(args.pattern or "*")
-    names = list_models(args.pattern or "*")
-    if not names:
-        raise UsageError(f"no model matches {args.pattern!r}")
-    rows = []
-    for name in names:
-        info = model_info(name)
-        size = "x".join(str(s) for s in info["input_size"][1:])
-        weights = get_entry(name).weights
-        published = f"{weights[0].tag} ({weights[0].layout})" if weights else "-"
-        published += f" +{len(weights) - 1}" if len(weights) > 1 else ""
-        rows.append((name, f"{info['params'] / 1e6:.2f}M", f"{info['gmacs']:.2f}", size, published, info["reference"]))
-    print_table(("model", "params", "GMACs", "input", "weights", "reference"), rows)
-    return 0
-
-
-def list_pretrained(pattern: str) -> int:
-    """`vitlab models --pretrained`: every published checkpoint, named with its tag, the default first."""
-    from vitlab.registry import get_entry, list_models
-    from vitlab.weights import split_tag
-
-    names = list_models(pattern, pretrained=True)
-    if not names:
-        raise UsageError(f"no published weights match {pattern!r}")
-    rows = []
-    for name in names:
-        base, tag = split_tag(name)
-        w = next(w for w in get_entry(base).weights if w.tag == tag)
-        size = "x".join(map(str, (w.preprocess or get_entry(base).preprocess).input_size[1:]))
-        rows.append((name, str(w.num_classes or "-"), size, w.layout, w.source))
-    print_table(("model.tag", "classes", "input", "layout", "file"), rows)
-    return 0
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell; the last one is left as it is."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
-
-
 def read_labels(path: str | Path) -> list[str]:
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines()]
@@ -304,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from vitlab.listing import cmd_models
+
     models = commands.add_parser("models", help="list the models with params, GMACs and reference")
     models.add_argument("pattern", nargs="?", help="shell pattern or substring of the names, e.g. 'deit*'")
     models.add_argument("--pretrained", action="store_true", help="list the published weights, as NAME.TAG")
@@ -364,11 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from vitlab.analysis.commands import register_analysis_commands
+    from vitlab.convert import register_convert_command
+    from vitlab.export import register_export_command
 
     register_analysis_commands(commands, models=models)
-    from vitlab.convert import register_convert_command
-
     register_convert_command(commands)
+    register_export_command(commands)
     return parser
 
 

@@ -59,13 +59,23 @@ def padded_size(size: Size2, multiple: Size2) -> Size2:
 def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> Tensor:
     """Zero-pad a map on the bottom and right so both sides divide by `multiple`.
 
-    NCHW by default; (B, H, W, C) with `channels_last`.
+    NCHW by default; (B, H, W, C) with `channels_last`. While a graph is traced for export the pad is
+    always recorded (possibly of zero), so that the graph pads inputs of sizes other than the traced one.
     """
     height, width = x.shape[-3:-1] if channels_last else x.shape[-2:]
     pad_h, pad_w = -height % multiple[0], -width % multiple[1]
-    if pad_h or pad_w:
+    if is_tracing() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
     return x
+
+
+def is_tracing() -> bool:
+    """Whether a graph is being recorded for export (ONNX's tracer, torch.export) rather than run.
+
+    Shape-dependent branches must not be decided then: the branch taken at the traced size would be
+    baked into the graph for every size.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def padding_key_mask(

@@ -1,0 +1,121 @@
+"""torch.export programs (`.pt2`): traced, saved with `torch.export.save`, reloaded and re-run."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitlab.export.core import (
+    ExportError,
+    ExportResult,
+    check_runs,
+    default_size,
+    dynamic_limit,
+    flatten_outputs,
+    max_relative_error,
+    signature,
+    traced_size,
+)
+from vitlab.export.to_onnx import TOLERANCE, checks_for
+
+
+def export_program(
+    model: nn.Module, img_size: tuple[int, int] | None = None, dynamic: bool = False, name: str | None = None
+) -> torch.export.ExportedProgram:
+    """`torch.export.export` of `model` in eval mode on its example inputs.
+
+    With `dynamic`, the axes `signature` names are marked `Dim.AUTO`: they stay symbolic unless the
+    model's code fixes them (then torch.export keeps the traced value and the program checks it).
+    """
+    name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+    model = model.eval()
+    size = tuple(img_size) if img_size is not None else default_size(model)
+    sig = signature(model, size, dynamic=dynamic)
+    check_runs(model, sig.inputs, name)
+    shapes = None
+    if dynamic:
+        auto = torch.export.Dim.AUTO
+        shapes = tuple({axis: auto for axis in sig.dynamic.get(key, {})} or None for key in sig.inputs)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, tuple(sig.inputs.values()), dynamic_shapes=shapes)
+    except Exception as err:
+        raise ExportError(
+            f"torch.export cannot trace {name}: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
+
+
+def symbolic_axes(program: torch.export.ExportedProgram, inputs: list[str]) -> dict[str, dict[int, str]]:
+    """The input axes that stayed symbolic in `program`, under the input names `signature` gives (`inputs`)."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    names = {0: "batch", 1: "length", 2: "height", 3: "width"}
+    axes = {}
+    for key, label in zip(program.graph_signature.user_inputs, inputs, strict=True):
+        shape = placeholders[key].meta["val"].shape
+        dims = {i: names.get(i, f"axis{i}") for i, dim in enumerate(shape) if isinstance(dim, torch.SymInt)}
+        if dims:
+            axes[label] = dims
+    return axes
+
+
+def save_program(
+    model: nn.Module,
+    path: str | Path,
+    img_size: tuple[int, int] | None = None,
+    dynamic: bool = False,
+    name: str | None = None,
+    verify: bool = True,
+) -> ExportResult:
+    """Export `model` with torch.export, save it to `path` (.pt2), load it back and check that it gives
+    the model's outputs (max relative error below 1e-4) at the sizes its symbolic axes allow."""
+    name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+    model = model.eval()
+    asked = tuple(img_size) if img_size is not None else default_size(model)
+    size = traced_size(model, asked, dynamic)
+    start = time.perf_counter()
+    program = export_program(model, size, dynamic, name)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    seconds = time.perf_counter() - start
+    axes = symbolic_axes(program, list(signature(model, size).inputs))
+    spatial = any("height" in spec.values() for spec in axes.values())
+    reason = (
+        (dynamic_limit(model) or "torch.export specialised the height and width") if dynamic and not spatial else None
+    )
+    result = ExportResult(path, "torch-export", size, axes, reason, {}, seconds)
+    if verify:
+        result.errors = verify_program(path, model, size, axes, name, asked)
+    return result
+
+
+def verify_program(
+    path: str | Path,
+    model: nn.Module,
+    size: tuple[int, int],
+    axes: dict[str, dict[int, str]],
+    name: str,
+    asked: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes)`."""
+    module = torch.export.load(str(path)).module()
+    sig = signature(model, size)
+    errors = {}
+    for batch, at in checks_for(size, axes, asked):
+        inputs = sig.with_batch(batch, model, None if at == size else at)
+        label = f"batch {batch} at {at[0]}x{at[1]}"
+        with torch.no_grad():
+            expected = flatten_outputs(model(*inputs.values()))
+            try:
+                actual = flatten_outputs(module(*inputs.values()))
+            except Exception as err:
+                raise ExportError(f"{name}: the reloaded program cannot run {label}: {err}") from err
+        errors[label] = max_relative_error(actual, expected)
+        if errors[label] > TOLERANCE:
+            raise ExportError(f"{name}: the reloaded program differs by {errors[label]:.2e} (max relative) for {label}")
+    return errors

@@ -1,0 +1,168 @@
+"""Export: every family to ONNX and back through onnxruntime, torch.export programs saved and reloaded.
+
+Each check compares the exported graph with the PyTorch model it came from, at the traced size and,
+where the graph's sides may vary, at a second size that divides no stride: a graph that baked in the
+traced size (a padding branch, a position table left at its own grid) fails there.
+"""
+
+import os
+import re
+
+import pytest
+import torch
+
+import vitlab
+from vitlab.export import (
+    STATIC_SHAPES,
+    ExportError,
+    dynamic_limit,
+    export_onnx,
+    onnx_limit,
+    save_program,
+)
+from vitlab.export.core import fixed_batch, is_sequence_model
+from vitlab.registry import get_entry
+
+SIZE = (64, 64)
+
+
+def representatives() -> list[str]:
+    """One variant per family and code path: the builder, plus its options that switch code (strings and
+    flags: DeiT's distillation, T2T's token transformer, SETR's decoders, HorNet's global filters...)."""
+
+    def switch(value: object) -> bool:
+        return isinstance(value, (bool, str)) or (isinstance(value, tuple) and any(isinstance(v, bool) for v in value))
+
+    seen: dict[tuple, str] = {}
+    for name in vitlab.list_models():
+        entry = get_entry(name)
+        options = tuple(sorted((k, v) for k, v in entry.config.items() if k != "backbone" and switch(v)))
+        seen.setdefault((entry.builder.__module__, entry.builder.__name__, options), name)
+    return sorted(seen.values())
+
+
+NAMES = representatives()
+
+
+def tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    entry = get_entry(name)
+    overrides = {"num_classes": 5} if entry.task == "image-classification" else {}
+    return vitlab.create_model(name, **{**entry.tiny, **overrides}).eval()
+
+
+def test_every_family_has_a_representative():
+    builders = {get_entry(name).builder for name in vitlab.list_models()}
+    assert {get_entry(name).builder for name in NAMES} == builders
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_round_trip_at_two_sizes(name, tmp_path):
+    model = tiny(name)
+    if onnx_limit(model) is not None:
+        with pytest.raises(ExportError, match=re.escape("cannot be exported to ONNX: " + onnx_limit(model))):
+            export_onnx(model, tmp_path / "model.onnx", SIZE, dynamic=True, name=name)
+        return
+    size = (224, 224) if "pooling to 7x7" in (dynamic_limit(model) or "") else SIZE  # maps of 56, 28, 14, 7
+    result = export_onnx(model, tmp_path / "model.onnx", size, dynamic=True, name=name)
+    axes = {axis for spec in result.dynamic_axes.values() for axis in spec.values()}
+    reason = dynamic_limit(model)
+    assert all(err < 1e-4 for err in result.errors.values()), result.errors
+    if reason is None:
+        assert {"batch", "height", "width"} <= axes or (is_sequence_model(model) and "batch" in axes)
+        if not is_sequence_model(model):  # checked at the traced size and at one the trace never saw
+            assert len({key.split(" at ")[1] for key in result.errors}) == 2, result.errors
+    else:
+        assert "height" not in axes and result.static_reason == reason
+        assert reason in result.describe()
+        assert ("batch" in axes) == (not fixed_batch(model))
+
+
+def test_the_static_families_are_static_for_the_reason_given(tmp_path):
+    """Declaring height and width dynamic for a family listed in STATIC_SHAPES gives a graph that is wrong
+    (or cannot run) at another size: the listing is needed, not a precaution."""
+    model = tiny("swin_tiny_patch4_window7_224")
+    assert "window plans" in STATIC_SHAPES["SwinTransformer"]
+    import vitlab.export.core as core
+
+    saved = core.STATIC_SHAPES.pop("SwinTransformer")
+    try:
+        with pytest.raises(ExportError, match="onnxruntime"):
+            export_onnx(model, tmp_path / "swin.onnx", SIZE, dynamic=True)
+    finally:
+        core.STATIC_SHAPES["SwinTransformer"] = saved
+
+
+def test_a_static_export_names_the_size_it_was_traced_at(tmp_path):
+    result = export_onnx(tiny("deit_tiny_patch16_224"), tmp_path / "deit.onnx", (48, 80))
+    assert result.dynamic_axes == {} and list(result.errors) == ["batch 2 at 48x80"]
+    assert "traced at 48x80" in result.describe()
+
+
+def test_a_fixed_size_head_is_refused_at_another_size_and_stays_static(tmp_path):
+    torch.manual_seed(0)
+    model = vitlab.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, global_pool="flatten"
+    )
+    with pytest.raises(ExportError, match=r"\(2, 3, 48, 48\).*flatten.*4x4 = 16 patches"):
+        export_onnx(model, tmp_path / "flat.onnx", (48, 48))
+    result = export_onnx(model, tmp_path / "flat.onnx", (32, 32), dynamic=True)
+    assert "fixed-size head" in result.static_reason
+    assert set(result.dynamic_axes["images"].values()) == {"batch"}
+
+
+def test_a_checkpoint_of_another_variant_is_refused_with_the_keys_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitlab.checkpoint import CheckpointError
+    from vitlab.cli import main
+
+    other = tiny("pvt_v2_b0")
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, tmp_path / "pvt.safetensors")
+    with pytest.raises(CheckpointError, match="cls_token|pos_embed|patch_embed"):
+        vitlab.create_model("deit_tiny_patch16_224", pretrained=tmp_path / "pvt.safetensors")
+    code = main(["export", "--model", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "pvt.safetensors"),
+                 "--format", "onnx", "--output", str(tmp_path / "x.onnx")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "x.onnx").exists()
+
+
+def test_the_command_writes_a_checked_dynamic_onnx_file(tmp_path, capsys):
+    from vitlab.cli import main
+
+    out = tmp_path / "model.onnx"
+    args = ["export", "--model", "vit_mini_28", "--format", "onnx", "--output", str(out), "--dynamic"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "dynamic axes: batch, height, width" in printed
+    assert "checked batch 1 at 28x28" in printed  # the model's own size, traced at another
+
+
+SEGFORMER_GUARD = (
+    "torch.export infers a lower bound on the width from the trace (x.size()[3] >= 61 at 64x64), so the "
+    "reloaded program refuses the second size, 97x49 (measured; not fixed yet)"
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deit_tiny_patch16_224",
+        "swin_tiny_patch4_window7_224",
+        pytest.param("segformer_b0", marks=pytest.mark.xfail(reason=SEGFORMER_GUARD, raises=ExportError, strict=True)),
+    ],
+)
+def test_torch_export_program_reloads_to_the_same_outputs(name, tmp_path):
+    model = tiny(name)
+    result = save_program(model, tmp_path / "model.pt2", SIZE, dynamic=True, name=name)
+    assert result.path.exists() and all(err < 1e-4 for err in result.errors.values()), result.errors
+    assert len(result.errors) >= 2  # the traced batch and another
+    if dynamic_limit(model) is None:
+        assert "height" in result.dynamic_axes["images"].values()
+
+
+@pytest.mark.skipif(os.environ.get("VITLAB_EXPORT_ALL") != "1", reason="minutes per family: VITLAB_EXPORT_ALL=1")
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_export_every_family(name, tmp_path):
+    model = tiny(name)
+    result = save_program(model, tmp_path / "model.pt2", SIZE, dynamic=True, name=name)
+    assert all(err < 1e-4 for err in result.errors.values()), result.errors
