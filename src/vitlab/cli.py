@@ -316,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from vitlab.analysis.commands import register_analysis_commands
+    from vitlab.bench import register_bench_command
 
     register_analysis_commands(commands, models=models)
+    register_bench_command(commands)
     return parser
 
 
