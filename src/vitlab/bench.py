@@ -267,7 +267,8 @@ class BenchConfig:
 
 
 def build_sides(config: BenchConfig, device: torch.device) -> list[tuple[str, nn.Module]]:
-    """vitlab's model and, with `against="timm"`, timm's model of the same name carrying the same weights."""
+    """vitlab's model and, with `against="timm"`, timm's model of the same name carrying the same weights
+    (`against="eager"`: the same vitlab model again, run without torch.compile)."""
     from vitlab.checkpoint import load_state_dict
     from vitlab.registry import create_model, get_entry
 
@@ -288,8 +289,12 @@ def build_sides(config: BenchConfig, device: torch.device) -> list[tuple[str, nn
         theirs = timm.create_model(config.model, pretrained=False, **kwargs)
         load_state_dict(ours, theirs.state_dict(), source=f"timm {config.model}")
         sides.append((f"timm {timm.__version__}", theirs))
+    elif config.against == "eager":
+        if not config.compile:
+            raise BenchError("--against eager compares torch.compile with eager execution: add --compile")
+        sides = [("vitlab compiled", ours), ("eager", ours)]
     elif config.against is not None:
-        raise BenchError(f"--against must be 'timm', got {config.against!r}")
+        raise BenchError(f"--against must be 'timm' or 'eager', got {config.against!r}")
     return [(label, model.to(device)) for label, model in sides]
 
 
@@ -310,8 +315,8 @@ def benchmark(config: BenchConfig, clock: Clock = time.perf_counter) -> list[Sid
     batch = batch.to(device)
     make = inference_step if config.mode == "infer" else training_step
     steps = []
-    for _, model in sides:
-        runnable = torch.compile(model) if config.compile else model
+    for label, model in sides:
+        runnable = torch.compile(model) if config.compile and label != "eager" else model
         step = synchronized(make(runnable, batch, config.precision), device)
         step()  # the first call compiles (and fills caches) before any round
         steps.append(step)
@@ -332,19 +337,20 @@ def report(config: BenchConfig, results: Sequence[SideResult]) -> str:
         f"{'torch.compile' if config.compile else 'eager'}, batch {config.batch_size}, {size}, "
         f"{config.rounds} rounds x {config.repeats} calls",
         f"# {machine_description(device)}",
-        f"{'library':<14} {'img/s':>8} {'spread (rounds)':>17} "
+        f"{'library':<16} {'img/s':>8} {'spread (rounds)':>17} "
         f"{'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'peak MB':>9}",
     ]
     for r in results:
         spread = f"{min(r.round_throughputs):.1f}-{max(r.round_throughputs):.1f}"
         memory = "-" if r.peak_memory is None else f"{r.peak_memory / 2**20:.0f}"
         lines.append(
-            f"{r.label:<14} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
+            f"{r.label:<16} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
             f"{r.latency_ms(99):>9.1f} {memory:>9}"
         )
     if len(results) == 2:
         ratio, low, high = ratio_summary(*results)
-        lines.append(f"vitlab / {results[1].label.split()[0]}: {ratio:.2f}x (rounds {low:.2f}x-{high:.2f}x)")
+        names = f"{results[0].label} / {results[1].label.split()[0]}"
+        lines.append(f"{names}: {ratio:.2f}x (rounds {low:.2f}x-{high:.2f}x)")
     return "\n".join(lines)
 
 
@@ -363,7 +369,11 @@ def register_bench_command(commands: Any) -> None:
     bench.add_argument("--mode", choices=MODES, default="infer")
     bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where native")
     bench.add_argument("--compile", action="store_true", help="torch.compile (inductor) every side first")
-    bench.add_argument("--against", choices=("timm",), help="the same model in timm, with the same weights")
+    bench.add_argument(
+        "--against",
+        choices=("timm", "eager"),
+        help="timm: the same model in timm, with the same weights; eager (with --compile): the model not compiled",
+    )
     bench.add_argument("--rounds", type=int, default=7, help="alternating rounds (median and spread over them)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed calls per side and round")
     bench.add_argument("--repeats", type=int, default=3, help="timed calls per side and round")

@@ -115,15 +115,16 @@ def window_token_order(geometry: WindowGeometry) -> tuple[Tensor, Tensor | None,
         window = (rows // wh) * (Wp // ww) + cols // ww
         return window * (wh * ww) + (rows % wh) * ww + cols % ww
 
-    def grid(rows: range, cols: range) -> tuple[Tensor, Tensor]:
-        r, c = torch.meshgrid(torch.arange(rows.start, rows.stop), torch.arange(cols.start, cols.stop), indexing="ij")
+    def grid(rows: tuple[int, int], cols: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        # (start, stop) pairs, not range(): under torch.compile the sides may be symbolic, and a range would fix them
+        r, c = torch.meshgrid(torch.arange(*rows), torch.arange(*cols), indexing="ij")
         return r.flatten(), c.flatten()
 
-    scatter = slot(*grid(range(H), range(W)))
+    scatter = slot(*grid((0, H), (0, W)))
     gather = torch.zeros(Hp * Wp, dtype=torch.long)
     gather[scatter] = torch.arange(H * W)
     # Padding: the rows below the map, then the columns right of it.
-    blocks = [grid(range(H, Hp), range(Wp)), grid(range(H), range(W, Wp))]
+    blocks = [grid((H, Hp), (0, Wp)), grid((0, H), (W, Wp))]
     blocks = [b for b, n in zip(blocks, ((Hp - H) * Wp, H * (Wp - W)), strict=True) if n]
     padding = slot(torch.cat([r for r, _ in blocks]), torch.cat([c for _, c in blocks])) if blocks else None
     return gather, padding, scatter
