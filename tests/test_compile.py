@@ -94,9 +94,12 @@ def test_inductor_compiles_to_the_same_outputs_and_gradients(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch16_224", "pvt_v2_b0", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "pvt_v2_b0", "convit_tiny"])
 def test_new_input_sizes_reuse_the_dynamic_graph(name):
-    """The first size compiles a static graph, the second one graph with symbolic sides, which the third reuses."""
+    """The first size compiles a static graph, the second one graph with symbolic sides, which the third reuses.
+
+    (The grouped-attention families, Swin, CSWin, Pale, axial, SASA, still compile once per map size:
+    their plans are built from the concrete size; docs/benchmarks.md.)"""
     model = tiny(name)
     counter = CompileCounter()
     torch._dynamo.reset()

@@ -148,13 +148,12 @@ class Grouping(ABC):
 
     def plan(self, size: Size2, device: torch.device | str) -> Plan:
         """The plan for a map of `size` on `device`, from the shared cache (built on first use)."""
+        size = (int(size[0]), int(size[1]))
         device = torch.device(device)
         if torch.compiler.is_compiling():
             # Under torch.export or torch.compile the tensors made here belong to the trace (fake or
             # symbolic): they become constants of the traced graph and must not outlive it in the cache.
-            # The sides stay symbolic (no int()), so that a graph compiled for dynamic sizes serves every size.
-            return self.build((size[0], size[1]), device)
-        size = (int(size[0]), int(size[1]))
+            return self.build(size, device)
         return PLANS.get((self, size, device), lambda: self._build_for_cache(size, device))
 
     def _build_for_cache(self, size: Size2, device: torch.device) -> Plan:
