@@ -176,6 +176,13 @@ class _PermuteTokens(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+def _compiling_not_exporting() -> bool:
+    """Under torch.compile, windows are made by pad + roll + partition, copies that inductor fuses: its
+    index-bounds analysis fails on the computed permutation (torch 2.13 and 2.14). torch.export and the
+    ONNX exporter keep the permutation, which exports without a roll."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 @dataclass(frozen=True)
 class Windows(Grouping):
     """M x M windows (`window` = (Mh, Mw)), rolled up-left by `shift` first (shifted windows) when it is not 0."""
@@ -206,9 +213,7 @@ class Windows(Grouping):
 
     def group(self, x: Tensor, plan: WindowPlan) -> Tensor:
         """(B, H, W, C) -> (B * num_windows, N, C): padded, shifted and cut into windows."""
-        if torch.compiler.is_compiling():
-            # Compiled, pad + roll + partition as copies that inductor fuses: its index-bounds analysis
-            # fails on the computed permutation (torch 2.14), and the copies are what fusion makes cheap.
+        if _compiling_not_exporting():
             x = pad_to_multiple(x, plan.window, channels_last=True)
             return window_partition(torch.roll(x, (-plan.shift[0], -plan.shift[1]), (1, 2)), plan.window)
         B, H, W, C = x.shape
@@ -219,7 +224,7 @@ class Windows(Grouping):
         """(B * num_windows, N, C) -> (B, H, W, C): the inverse of `group`, padding dropped."""
         C = y.shape[-1]
         B = y.shape[0] // plan.num_windows
-        if torch.compiler.is_compiling():
+        if _compiling_not_exporting():
             (Hp, Wp), (wh, ww) = plan.padded, plan.window
             x = y.view(B, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
             return torch.roll(x, plan.shift, (1, 2))[:, : plan.size[0], : plan.size[1]]
