@@ -38,13 +38,10 @@ $(BENCH_STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m vitlab demo --output runs/demo
 
+# `vitlab bench` over timm's models (against timm) and one variant of every other family, into docs/benchmarks.md.
+# The older per-family scripts (benchmarks/swin.py, pvt.py, convit.py, segformer.py, scaling.py) still run alone.
 bench: $(BENCH_STAMP)
-	$(BENCH_PY) benchmarks/throughput.py
-	$(BENCH_PY) benchmarks/swin.py
-	$(BENCH_PY) benchmarks/pvt.py
-	$(BENCH_PY) benchmarks/convit.py
-	$(BENCH_PY) benchmarks/segformer.py
-	$(BENCH_PY) benchmarks/scaling.py
+	$(BENCH_PY) benchmarks/bench_all.py --threads 2 --rounds 7
 
 # Full-size parity against the live reference packages (timm, transformers).
 test-live: $(BENCH_STAMP)

@@ -320,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from vitlab.analysis.commands import register_analysis_commands
+    from vitlab.bench import register_bench_command
     from vitlab.convert import register_convert_command
     from vitlab.export import register_export_command
 
     register_analysis_commands(commands, models=models)
+    register_bench_command(commands)
     register_convert_command(commands)
     register_export_command(commands)
     return parser

@@ -70,13 +70,17 @@ def attention_mask(
 
 
 def check_tokens(tokens: Tensor, vocab_size: int, name: str) -> None:
-    """Token ids as (batch, length) integers within the vocabulary, else a ValueError naming `name`."""
+    """Token ids as (batch, length) integers within the vocabulary, else a ValueError naming `name`.
+
+    The range check reads the values, so it is skipped while torch.compile or torch.export traces
+    (a data-dependent branch would break the graph); the embedding lookup still refuses bad ids there.
+    """
     if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(f"{name} must be integer token ids of shape (batch, length), got {tokens.dtype} "
                          f"{tuple(tokens.shape)}")  # fmt: skip
     if tokens.shape[1] == 0:
         raise ValueError(f"{name} is empty (length 0): it needs at least one token")
-    if tokens.device.type != "meta" and tokens.numel():
+    if tokens.device.type != "meta" and tokens.numel() and not torch.compiler.is_compiling():
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
@@ -93,7 +97,7 @@ def check_padding(padding: Tensor | None, tokens: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a bool mask (True at padding), got {padding.dtype}")
     if tuple(padding.shape) != tuple(tokens.shape[:2]):
         raise ValueError(f"{name} has shape {tuple(padding.shape)}, the sequences it masks {tuple(tokens.shape[:2])}")
-    if padding.device.type != "meta" and bool(padding.all(dim=1).any()):
+    if padding.device.type != "meta" and not torch.compiler.is_compiling() and bool(padding.all(dim=1).any()):
         item = int(padding.all(dim=1).nonzero()[0])
         raise ValueError(f"{name} masks every position of sequence {item}: nothing is left to attend to")
 

@@ -102,6 +102,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 where the hardware runs it natively, else float32), none, bf16, fp16 (GPU)
     grad_checkpointing: bool = False
     channels_last: bool = False  # NHWC memory format: faster convolutions (e.g. convolutional stems) on CPU
+    compile: bool = False  # torch.compile (inductor) the training forward and backward; evaluation runs eagerly
     device: str = "auto"
     workers: int = 2
     eval_batch_size: int | None = None

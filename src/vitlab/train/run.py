@@ -82,6 +82,8 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
     else:
         seed_everything(data_seed(config.seed, info.rank))
     module = task.train_module(model)
+    if config.compile:
+        module.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.embed import to_2tuple
-from vitlab.layers.grouping import Grouping, Plan, Size2, padded_size
+from vitlab.layers.grouping import Grouping, Plan, Size2, pad_to_multiple, padded_size
 from vitlab.layers.position import relative_position_index
 
 
@@ -115,15 +115,21 @@ def window_token_order(geometry: WindowGeometry) -> tuple[Tensor, Tensor | None,
         window = (rows // wh) * (Wp // ww) + cols // ww
         return window * (wh * ww) + (rows % wh) * ww + cols % ww
 
-    def grid(rows: range, cols: range) -> tuple[Tensor, Tensor]:
-        r, c = torch.meshgrid(torch.arange(rows.start, rows.stop), torch.arange(cols.start, cols.stop), indexing="ij")
+    def grid(rows: tuple[int, int], cols: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        # (start, stop) pairs, not range(): under torch.compile the sides may be symbolic, and a range would fix them
+        r, c = torch.meshgrid(torch.arange(*rows), torch.arange(*cols), indexing="ij")
         return r.flatten(), c.flatten()
 
-    scatter = slot(*grid(range(H), range(W)))
-    gather = torch.zeros(Hp * Wp, dtype=torch.long)
-    gather[scatter] = torch.arange(H * W)
+    scatter = slot(*grid((0, H), (0, W)))
+    # The inverse, slot -> token, by undoing the partition and the roll (an index_put here trips inductor's
+    # index bounds analysis under torch.compile).
+    slots = torch.arange(Hp * Wp)
+    window, within = slots // (wh * ww), slots % (wh * ww)
+    rows = ((window // (Wp // ww)) * wh + within // ww + sh) % Hp
+    cols = ((window % (Wp // ww)) * ww + within % ww + sw) % Wp
+    gather = torch.where((rows < H) & (cols < W), rows * W + cols, 0)
     # Padding: the rows below the map, then the columns right of it.
-    blocks = [grid(range(H, Hp), range(Wp)), grid(range(H), range(W, Wp))]
+    blocks = [grid((H, Hp), (0, Wp)), grid((0, H), (W, Wp))]
     blocks = [b for b, n in zip(blocks, ((Hp - H) * Wp, H * (Wp - W)), strict=True) if n]
     padding = slot(torch.cat([r for r, _ in blocks]), torch.cat([c for _, c in blocks])) if blocks else None
     return gather, padding, scatter
@@ -170,6 +176,13 @@ class _PermuteTokens(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+def _compiling_not_exporting() -> bool:
+    """Under torch.compile, windows are made by pad + roll + partition, copies that inductor fuses: its
+    index-bounds analysis fails on the computed permutation (torch 2.13 and 2.14). torch.export and the
+    ONNX exporter keep the permutation, which exports without a roll."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 @dataclass(frozen=True)
 class Windows(Grouping):
     """M x M windows (`window` = (Mh, Mw)), rolled up-left by `shift` first (shifted windows) when it is not 0."""
@@ -200,6 +213,9 @@ class Windows(Grouping):
 
     def group(self, x: Tensor, plan: WindowPlan) -> Tensor:
         """(B, H, W, C) -> (B * num_windows, N, C): padded, shifted and cut into windows."""
+        if _compiling_not_exporting():
+            x = pad_to_multiple(x, plan.window, channels_last=True)
+            return window_partition(torch.roll(x, (-plan.shift[0], -plan.shift[1]), (1, 2)), plan.window)
         B, H, W, C = x.shape
         windows = _PermuteTokens.apply(x.reshape(B, H * W, C), plan.gather, plan.scatter, plan.padding, None)
         return windows.view(-1, plan.window_area, C)
@@ -208,6 +224,10 @@ class Windows(Grouping):
         """(B * num_windows, N, C) -> (B, H, W, C): the inverse of `group`, padding dropped."""
         C = y.shape[-1]
         B = y.shape[0] // plan.num_windows
+        if _compiling_not_exporting():
+            (Hp, Wp), (wh, ww) = plan.padded, plan.window
+            x = y.view(B, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+            return torch.roll(x, plan.shift, (1, 2))[:, : plan.size[0], : plan.size[1]]
         tokens = _PermuteTokens.apply(y.reshape(B, -1, C), plan.scatter, plan.gather, None, plan.padding)
         return tokens.view(B, plan.size[0], plan.size[1], C)
 
