@@ -49,7 +49,11 @@ def load_fixed_size(path: Path, size: int) -> Tensor:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of `folder`, by suffix. Links that lead nowhere (dangling, looping) are kept, so
+    that reading them names them as bad images instead of their silently disappearing from the data."""
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+    )
 
 
 def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
