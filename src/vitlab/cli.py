@@ -93,7 +93,7 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitlab.data.transforms import preprocess_files
+    from vitlab.data.transforms import expand_image_paths, stream_files
     from vitlab.registry import create_model, load_model
     from vitlab.train.seg_eval import is_segmentation
 
@@ -117,15 +117,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.labels} names {len(names)} classes; the model has {model.num_classes}")
     pre = model.entry.preprocess
     size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
-    batch = preprocess_files(args.images, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
-    with torch.inference_mode():
-        probs = model(batch).float().softmax(dim=-1)
-    top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
-    for path, values, indices in zip(args.images, top.values, top.indices, strict=True):
-        print(path)
-        for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
-            label = f"  {names[i]}" if names else ""
-            print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
+    paths = expand_image_paths(args.images)
+    if not paths:
+        raise UsageError(f"no image files in {', '.join(args.images)}")
+    skipped: list[str] | None = [] if args.skip_bad_images else None
+    began, done = time.perf_counter(), 0
+    batches = stream_files(
+        paths, size, pre.mean, pre.std, pre.crop_pct, model.in_chans, args.batch_size, args.workers, skipped
+    )
+    for names_done, batch in batches:  # batch by batch: memory does not grow with the number of files
+        with torch.inference_mode():
+            probs = model(batch).float().softmax(dim=-1)
+        top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
+        for path, values, indices in zip(names_done, top.values, top.indices, strict=True):
+            print(path)
+            for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
+                label = f"  {names[i]}" if names else ""
+                print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
+        done += len(names_done)
+    seconds = time.perf_counter() - began
+    bad = f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    print(f"predicted {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} images/s){bad}", file=sys.stderr)
     return 0
 
 
@@ -188,11 +200,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=sys.stderr.isatty(),
         amp=args.amp,
+        skip_bad=args.skip_bad_images,
     )
     print(
         f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
     )
+    if metrics["skipped"]:
+        print(f"skipped {len(metrics['skipped'])} unreadable images (first: {metrics['skipped'][0]})")
     return 0
 
 
@@ -272,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=positive_int, default=5)
     predict.add_argument("--draw", help="image-to-sequence models: draw the decoder's cross-attention to this .png")
     predict.add_argument("--output", default=".", help="segmentation: folder for the masks and overlays (default: .)")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    predict.add_argument("--workers", type=int, default=0, help="processes decoding images (default: 0)")
+    predict.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable files, counted")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     predict.set_defaults(func=cmd_predict)
 
     train = commands.add_parser(
@@ -300,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    evaluate.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images, counted")
     segmentation = evaluate.add_argument_group("segmentation models")
     segmentation.add_argument("--slide", action="store_true", help="sliding-window inference (mmseg's slide)")
     segmentation.add_argument("--crop-size", type=positive_int, help="window side (default: the model's scale)")

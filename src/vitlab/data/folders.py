@@ -51,9 +51,7 @@ def load_fixed_size(path: Path, size: int) -> Tensor:
 def _list_images(folder: Path) -> list[Path]:
     """The image files of `folder`, by suffix. Links that lead nowhere (dangling, looping) are kept, so
     that reading them names them as bad images instead of their silently disappearing from the data."""
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
 
 
 def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -248,7 +246,7 @@ class _Tolerant(torch.utils.data.Dataset):
         try:
             return load_fixed_size(self.dataset.files[index], self.dataset.size[0]), None
         except BadImageError as err:
-            return None, str(err).split(": ", 1)[-1]
+            return None, err.reason
 
 
 def _identity(item):

@@ -28,7 +28,7 @@ class BadImageError(ValueError):
 
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"cannot read image {path}: {reason}")
-        self.path = Path(path)
+        self.path, self.reason = Path(path), reason
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
