@@ -337,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     from vitlab.analysis.commands import register_analysis_commands
 
     register_analysis_commands(commands, models=models)
+    for command in commands.choices.values():  # every command that reads weights can be told to take NaNs
+        flags = {flag for action in command._actions for flag in action.option_strings}
+        if flags & {"--checkpoint", "--pretrained", "--teacher-checkpoint"}:
+            command.add_argument(
+                "--allow-nonfinite", action="store_true", help="load checkpoints with NaN or infinite weights"
+            )
     return parser
 
 
@@ -357,10 +363,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
+    from vitlab.checkpoint_checks import allow_nonfinite
     from vitlab.train.loop import TrainingDiverged
 
     try:
-        return args.func(args)
+        with allow_nonfinite(getattr(args, "allow_nonfinite", False)):
+            return args.func(args)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
