@@ -353,10 +353,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from vitlab.data.datasets import DatasetError
     from vitlab.data.images import BadImageError
     from vitlab.registry import UnknownModelError
+    from vitlab.train.checkpoint import RunWriteError
     from vitlab.train.config import ConfigError
 
     return (
         UsageError, AnalysisUsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError,
+        RunWriteError,
     )  # fmt: skip
 
 

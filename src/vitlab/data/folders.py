@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vitlab.data.arrays import ArrayDataset, DatasetError
+from vitlab.data.arrays import ArrayDataset, DatasetError, guard_workers
 from vitlab.data.images import IMAGE_SUFFIXES, BadImageError, load_image
 
 
@@ -212,11 +212,11 @@ def materialize(
         _Tolerant(dataset), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity
     )
     images, good, bad = [], [], []
-    items = loader
+    items = guard_workers(loader, dataset.source)
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(loader, total=len(dataset), desc=f"checking {dataset.source}", leave=False)
+        items = tqdm(items, total=len(dataset), desc=f"checking {dataset.source}", leave=False)
     for index, (image, error) in enumerate(items):
         if error is not None:
             if not skip_bad:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from vitlab.data.arrays import guard_workers
 from vitlab.data.datasets import ArrayDataset, ImageFolderDataset, load_fixed_size
 from vitlab.data.images import BadImageError
 
@@ -100,7 +101,7 @@ def load(
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(0),  # the main RNG streams stay untouched
     )
-    for images, labels, errors in loader:
+    for images, labels, errors in guard_workers(loader, dataset.source):
         if errors and skipped is None:
             raise BadImageError(errors[0][0], errors[0][1] + " (pass --skip-bad-images to skip such files)")
         if errors:

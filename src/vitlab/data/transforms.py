@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vitlab.data.arrays import guard_workers
 from vitlab.data.augment import EvalPreprocess
 from vitlab.data.folders import load_fixed_size
 
@@ -96,7 +97,7 @@ def stream_files(
         _Files(paths, eval_load_size(img_size, crop_pct)), batch_size=batch_size, num_workers=workers,
         collate_fn=_as_list,
     )  # fmt: skip
-    for items in loader:
+    for items in guard_workers(loader, "the images to predict"):
         good = [(path, image) for path, image, _ in items if image is not None]
         for path, _, error in items:
             if error is not None and skipped is None:

@@ -53,6 +53,8 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
             print(message, flush=True)
 
     rundir = RunDir(config.output)
+    if info.main and rundir.remove_stale_temporaries():
+        log(f"removed the half-written files of an interrupted write in {rundir}")
     saved = saved_checkpoint(rundir, config, resume, log)
     if threads is None and saved is not None and saved.get("threads"):
         threads = int(saved["threads"])
