@@ -355,10 +355,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from vitlab.registry import UnknownModelError
     from vitlab.train.checkpoint import RunWriteError
     from vitlab.train.config import ConfigError
+    from vitlab.train.distributed import PeerLostError
 
     return (
         UsageError, AnalysisUsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError,
-        RunWriteError,
+        RunWriteError, PeerLostError,
     )  # fmt: skip
 
 

@@ -164,3 +164,41 @@ def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint
     assert "the loss became nan at step 6 (epoch 2, batch 2 of 4)" in err
     assert f"the last good checkpoint is {run / 'checkpoint-last.pt'} (epoch 1)" in err
     assert position(run / "checkpoint-last.pt") == (1, 0) and not (run / "model.safetensors").exists()
+
+
+def torchrun(args: list[str], env: dict, timeout: float) -> tuple[int, str, float]:
+    """A two-process run under torchrun (in its own session, so that a hang is killed whole)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, *args]
+    began = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the run did not end within {timeout}s:\n{output[-3000:]}")
+    return proc.returncode, output, time.monotonic() - began
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("VITLAB_FUZZ_PROFILE") != "fuzz",
+    reason="three two-process torchrun launches (about a minute on an idle 2-core machine): make fuzz runs it",
+)
+def test_one_of_two_ddp_processes_killed_the_other_stops_and_the_resubmitted_run_resumes_exactly(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    args = lambda out: train_args(data, out, "--checkpoint-every", "2", epochs=2)  # noqa: E731
+    code, output, _ = torchrun(args(tmp_path / "reference"), env, 300)
+    assert code == 0, output[-3000:]
+    run = tmp_path / "run"
+    code, output, seconds = torchrun(
+        args(run), {**env, "VITLAB_TEST_KILL_RANK": "1", "VITLAB_TEST_KILL_STEP": "6"}, 300
+    )
+    assert code != 0 and seconds < 240
+    assert "error: process 0 of 2 lost the other processes of the run" in output, output[-3000:]
+    assert position(run / "checkpoint-last.pt") == (1, 0)
+    code, output, _ = torchrun([*args(run), "--resume"], env, 300)
+    assert code == 0, output[-3000:]
+    assert same_weights(tmp_path / "reference", run)

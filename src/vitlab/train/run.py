@@ -19,7 +19,7 @@ from torch import nn
 from vitlab.registry import get_entry
 from vitlab.train.build import build_model, build_optimizer, build_teacher, data_seed, load_data, seed_everything
 from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, make_config
-from vitlab.train.distributed import DistInfo, init_distributed, shutdown
+from vitlab.train.distributed import DistInfo, init_distributed, peers_watched, shutdown
 from vitlab.train.ema import ModelEma
 from vitlab.train.loop import Run, fit
 from vitlab.train.precision import autocast, resolve_amp
@@ -41,7 +41,8 @@ def train(config: TrainConfig, resume: bool = False, threads: int | None = None)
     info = init_distributed(config.device)
     try:
         run = prepare(config, resume, info, threads)
-        fit(run)
+        with peers_watched(info, run.rundir):
+            fit(run)
         return finish(run)
     finally:
         shutdown(info)
