@@ -92,12 +92,18 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+def refuse_skipping(args: argparse.Namespace, kind: str) -> None:
+    if getattr(args, "skip_bad_images", False):
+        raise UsageError(f"--skip-bad-images is for classifiers; {kind} stop at the first unreadable file, named")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from vitlab.data.transforms import expand_image_paths, stream_files
     from vitlab.registry import create_model, load_model
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
+        refuse_skipping(args, "segmentation models")
         return predict_masks(args)
 
     model = create_model(args.model, pretrained=args.checkpoint) if args.model else load_model(args.checkpoint)
@@ -105,6 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
         from vitlab.seq2seq.predict import predict_strips
 
+        refuse_skipping(args, "sequence models")
         try:
             predict_strips(model, args.images, args.draw)
         except ValueError as err:
@@ -186,6 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
+        refuse_skipping(args, "segmentation models")
         return eval_masks(args)
 
     metrics = evaluate(
