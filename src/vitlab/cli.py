@@ -375,10 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
     from vitlab.checkpoint_checks import allow_nonfinite
+    from vitlab.data.arrays import workers_watched
     from vitlab.train.loop import TrainingDiverged
 
     try:
-        with allow_nonfinite(getattr(args, "allow_nonfinite", False)):
+        with allow_nonfinite(getattr(args, "allow_nonfinite", False)), workers_watched():
             return args.func(args)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)

@@ -52,7 +52,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_nothing(reference, tm
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VITLAB_TEST_STALL_AT": "3",
            "VITLAB_TEST_STALL_MARKER": str(marker)}  # fmt: skip
     proc = subprocess.Popen([sys.executable, WORKER, *args(run)], env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: the shared test machines can be very loaded
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert marker.exists(), "the run never reached its third checkpoint write"
@@ -143,6 +143,7 @@ def test_a_data_loader_worker_that_dies_is_a_clear_error_not_a_hang(tmp_path, mo
     err = capsys.readouterr().err
     assert time.monotonic() - began < 120
     assert err.startswith("error: a data-loading worker died while reading") and "--workers" in err, err
+    assert "killed by signal" in err
 
 
 def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

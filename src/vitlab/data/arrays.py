@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,8 +21,16 @@ class WorkerDiedError(DatasetError):
 def guard_workers(batches: Iterable[Any], source: str) -> Iterator[Any]:
     """The items of a DataLoader; a worker that dies becomes one clear WorkerDiedError, not a hang or a
     traceback from inside torch (which notices a dead worker through its SIGCHLD handler)."""
-    try:
+    with workers_watched(source):
         yield from batches
+
+
+@contextmanager
+def workers_watched(source: str = "the data") -> Iterator[None]:
+    """Torch's SIGCHLD handler raises a dead worker's RuntimeError wherever the main process is (in an
+    optimiser step, a forward pass): this turns it into WorkerDiedError around any such code."""
+    try:
+        yield
     except RuntimeError as err:
         if "DataLoader worker" not in str(err):
             raise
