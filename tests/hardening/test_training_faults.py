@@ -143,7 +143,7 @@ def test_a_data_loader_worker_that_dies_is_a_clear_error_not_a_hang(tmp_path, mo
     err = capsys.readouterr().err
     assert time.monotonic() - began < 120
     assert err.startswith("error: a data-loading worker died while reading") and "--workers" in err, err
-    assert "killed by signal" in err
+    assert "DataLoader worker" in err  # torch says "killed by signal" or "exited unexpectedly"
 
 
 def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
