@@ -8,7 +8,7 @@ BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: venv test lint demo bench test-live clean
+.PHONY: venv test fuzz lint demo bench test-live clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The hardening suite with many more generated examples per model (tests/hardening/conftest.py) and the
+# slow faults (a process of a two-process run killed); `make test` runs a few examples of each.
+fuzz: $(STAMP)
+	VITLAB_FUZZ_PROFILE=fuzz $(PY) -m pytest -q tests/hardening
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools benchmarks

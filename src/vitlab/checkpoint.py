@@ -10,6 +10,7 @@ missing, unexpected or mis-shaped key is an error that lists them.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import pickletools
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from vitlab.checkpoint_checks import castable, check_finite, nonfinite_allowed
 
 StateDict = dict[str, Tensor]
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -105,16 +108,23 @@ def _read_torch_file(path: Path) -> Any:
 
 def pickled_globals(path: Path) -> list[str]:
     """The classes and functions a torch file's pickle refers to, besides torch's own, read without unpickling."""
+    names: set[str] = set()
     with open(path, "rb") as f:
-        if zipfile.is_zipfile(f):
-            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        f.seek(0)
-        names: set[str] = set()
-        try:
-            for _ in range(4):  # legacy format: magic number, protocol, system info, then the object
-                names |= _globals_of_one_pickle(f)
-        except (ValueError, EOFError):
-            pass
+        if zipfile.is_zipfile(f):  # the pickle is the archive's data.pkl (scanned here: any protocol)
+            try:
+                with zipfile.ZipFile(f) as archive:
+                    member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                    if member is not None:
+                        names = _globals_of_one_pickle(io.BytesIO(archive.read(member)))
+            except (ValueError, EOFError, zipfile.BadZipFile, OSError):
+                pass
+        else:
+            f.seek(0)  # is_zipfile read the end of the file
+            try:
+                for _ in range(4):  # legacy format: magic number, protocol, system info, then the object
+                    names |= _globals_of_one_pickle(f)
+            except (ValueError, EOFError):
+                pass
     names = {n.replace("__builtin__.", "builtins.", 1) for n in names}  # protocol 2 writes Python 2's name
     return sorted(n for n in names if not n.startswith("torch.") and n != "collections.OrderedDict")
 
@@ -189,6 +199,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: StateDict, source: str 
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mis_shaped = [k for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mistyped = [k for k, v in expected.items() if k in state_dict and not castable(state_dict[k], v)]
+    if mistyped and not (missing or unexpected or mis_shaped):
+        kinds = [f"{k} ({state_dict[k].dtype}, the model {expected[k].dtype})" for k in mistyped]
+        raise CheckpointError(
+            f"{source} has tensors of the wrong kind for {type(model).__name__} ({len(mistyped)}): {_describe(kinds)}"
+        )
     if not (missing or unexpected or mis_shaped):
         model.load_state_dict(state_dict, strict=True)
         return
@@ -219,6 +235,7 @@ def load_checkpoint(
     use_ema: bool = False,
     reset_head: bool | str = False,
     contents: Any = None,
+    allow_nonfinite: bool | None = None,
 ) -> str:
     """Load a checkpoint file (or an HF model directory) into `model` strictly; returns its layout.
 
@@ -229,20 +246,29 @@ def load_checkpoint(
     if contents is None:
         contents = read_checkpoint(path)
     state_dict = extract_state_dict(contents, str(path), use_ema)
-    return load_state_dict(model, state_dict, source=str(path), reset_head=reset_head)
+    return load_state_dict(model, state_dict, source=str(path), reset_head=reset_head, allow_nonfinite=allow_nonfinite)
 
 
 def load_state_dict(
-    model: nn.Module, state_dict: StateDict, *, source: str = "checkpoint", reset_head: bool | str = False
+    model: nn.Module,
+    state_dict: StateDict,
+    *,
+    source: str = "checkpoint",
+    reset_head: bool | str = False,
+    allow_nonfinite: bool | None = None,
 ) -> str:
     """Convert a state dict from its layout, adapt it to the model's size, and load it strictly.
 
     Returns the layout found ("native", "hf", "official", "jax", ...). `reset_head=True` leaves the
     classifier (the model's `classifier_keys`) as initialised and ignores the checkpoint's; "auto"
     does so only when the classifier shapes differ (fine-tuning on a new label set), with a warning.
-    Checkpoints made for another input size are resized by the model's `adapt_state_dict`.
+    Checkpoints made for another input size are resized by the model's `adapt_state_dict`. NaN or
+    infinite weights are refused unless `allow_nonfinite` (default: inside an `allow_nonfinite()` block).
     """
     from vitlab.layouts import convert_state_dict
+
+    if not (nonfinite_allowed() if allow_nonfinite is None else allow_nonfinite):
+        check_finite(state_dict, source)
 
     state_dict, layout = convert_state_dict(model, state_dict)
     state_dict = _adapt_input_channels(model, state_dict)

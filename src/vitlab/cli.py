@@ -73,8 +73,13 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+def refuse_skipping(args: argparse.Namespace, kind: str) -> None:
+    if getattr(args, "skip_bad_images", False):
+        raise UsageError(f"--skip-bad-images is for classifiers; {kind} stop at the first unreadable file, named")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitlab.data.transforms import preprocess_files
+    from vitlab.data.transforms import expand_image_paths, stream_files
     from vitlab.registry import create_model, load_model
     from vitlab.train.seg_eval import is_segmentation
 
@@ -91,8 +96,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         weights = select_weights(entry, split_tag(args.model)[1])
         if entry.task == "semantic-segmentation":  # the fetched file is then a checkpoint like any other
             args.model, args.checkpoint = entry.name, str(fetch_weights(entry.name, weights))
+            refuse_skipping(args, "segmentation models")
             return predict_masks(args)
     elif is_segmentation(args.model, args.checkpoint):
+        refuse_skipping(args, "segmentation models")
         return predict_masks(args)
     if args.model:
         model = create_model(args.model, pretrained=args.pretrained or args.checkpoint)
@@ -102,6 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
         from vitlab.seq2seq.predict import predict_strips
 
+        refuse_skipping(args, "sequence models")
         try:
             predict_strips(model, args.images, args.draw)
         except ValueError as err:
@@ -115,15 +123,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     weights = getattr(model, "pretrained_weights", None)
     pre = weights.preprocess if weights is not None and weights.preprocess is not None else model.entry.preprocess
     size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
-    batch = preprocess_files(args.images, size, pre.mean, pre.std, pre.crop_pct, model.in_chans)
-    with torch.inference_mode():
-        probs = model(batch).float().softmax(dim=-1)
-    top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
-    for path, values, indices in zip(args.images, top.values, top.indices, strict=True):
-        print(path)
-        for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
-            label = f"  {names[i]}" if names else ""
-            print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
+    paths = expand_image_paths(args.images)
+    if not paths:
+        raise UsageError(f"no image files in {', '.join(args.images)}")
+    skipped: list[str] | None = [] if args.skip_bad_images else None
+    began, done = time.perf_counter(), 0
+    batches = stream_files(
+        paths, size, pre.mean, pre.std, pre.crop_pct, model.in_chans, args.batch_size, args.workers, skipped
+    )
+    for names_done, batch in batches:  # batch by batch: memory does not grow with the number of files
+        with torch.inference_mode():
+            probs = model(batch).float().softmax(dim=-1)
+        top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
+        for path, values, indices in zip(names_done, top.values, top.indices, strict=True):
+            print(path)
+            for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
+                label = f"  {names[i]}" if names else ""
+                print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
+        done += len(names_done)
+    seconds = time.perf_counter() - began
+    bad = f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    print(f"predicted {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} images/s){bad}", file=sys.stderr)
     return 0
 
 
@@ -172,6 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
+        refuse_skipping(args, "segmentation models")
         return eval_masks(args)
 
     metrics = evaluate(
@@ -186,11 +207,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=sys.stderr.isatty(),
         amp=args.amp,
+        skip_bad=args.skip_bad_images,
     )
     print(
         f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
     )
+    if metrics["skipped"]:
+        print(f"skipped {len(metrics['skipped'])} unreadable images (first: {metrics['skipped'][0]})")
     return 0
 
 
@@ -276,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=positive_int, default=5)
     predict.add_argument("--draw", help="image-to-sequence models: draw the decoder's cross-attention to this .png")
     predict.add_argument("--output", default=".", help="segmentation: folder for the masks and overlays (default: .)")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    predict.add_argument("--workers", type=int, default=0, help="processes decoding images (default: 0)")
+    predict.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable files, counted")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     predict.set_defaults(func=cmd_predict)
 
     train = commands.add_parser(
@@ -304,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    evaluate.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images, counted")
     segmentation = evaluate.add_argument_group("segmentation models")
     segmentation.add_argument("--slide", action="store_true", help="sliding-window inference (mmseg's slide)")
     segmentation.add_argument("--crop-size", type=positive_int, help="window side (default: the model's scale)")
@@ -328,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench_command(commands)
     register_convert_command(commands)
     register_export_command(commands)
+    for command in commands.choices.values():  # every command that reads weights can be told to take NaNs
+        flags = {flag for action in command._actions for flag in action.option_strings}
+        if flags & {"--checkpoint", "--pretrained", "--teacher-checkpoint"}:
+            command.add_argument(
+                "--allow-nonfinite", action="store_true", help="load checkpoints with NaN or infinite weights"
+            )
     return parser
 
 
@@ -338,20 +372,26 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from vitlab.data.datasets import DatasetError
     from vitlab.data.images import BadImageError
     from vitlab.registry import UnknownModelError
+    from vitlab.train.checkpoint import RunWriteError
     from vitlab.train.config import ConfigError
+    from vitlab.train.distributed import PeerLostError
 
     return (
         UsageError, AnalysisUsageError, CheckpointError, ConfigError, DatasetError, BadImageError, UnknownModelError,
+        RunWriteError, PeerLostError,
     )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
+    from vitlab.checkpoint_checks import allow_nonfinite
+    from vitlab.data.arrays import workers_watched
     from vitlab.train.loop import TrainingDiverged
 
     try:
-        return args.func(args)
+        with allow_nonfinite(getattr(args, "allow_nonfinite", False)), workers_watched():
+            return args.func(args)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

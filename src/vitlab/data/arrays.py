@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -10,6 +12,32 @@ from torch import Tensor
 
 class DatasetError(ValueError):
     """A dataset that cannot be used: missing or empty folders, truncated files, bad labels."""
+
+
+class WorkerDiedError(DatasetError):
+    """A data-loading worker process died (killed by the kernel, a signal, a crash in a decoder)."""
+
+
+def guard_workers(batches: Iterable[Any], source: str) -> Iterator[Any]:
+    """The items of a DataLoader; a worker that dies becomes one clear WorkerDiedError, not a hang or a
+    traceback from inside torch (which notices a dead worker through its SIGCHLD handler)."""
+    with workers_watched(source):
+        yield from batches
+
+
+@contextmanager
+def workers_watched(source: str = "the data") -> Iterator[None]:
+    """Torch's SIGCHLD handler raises a dead worker's RuntimeError wherever the main process is (in an
+    optimiser step, a forward pass): this turns it into WorkerDiedError around any such code."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "DataLoader worker" not in str(err):
+            raise
+        raise WorkerDiedError(
+            f"a data-loading worker died while reading {source} ({str(err).splitlines()[0]}); the usual cause "
+            "is the machine running out of memory: lower --workers or --batch-size, then resume the run"
+        ) from err
 
 
 def check_labels(labels: Tensor, num_classes: int, source: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vitlab.data.arrays import ArrayDataset, DatasetError
+from vitlab.data.arrays import ArrayDataset, DatasetError, guard_workers
 from vitlab.data.images import IMAGE_SUFFIXES, BadImageError, load_image
 
 
@@ -49,7 +49,9 @@ def load_fixed_size(path: Path, size: int) -> Tensor:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of `folder`, by suffix. Links that lead nowhere (dangling, looping) are kept, so
+    that reading them names them as bad images instead of their silently disappearing from the data."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
 
 
 def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -210,11 +212,11 @@ def materialize(
         _Tolerant(dataset), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity
     )
     images, good, bad = [], [], []
-    items = loader
+    items = guard_workers(loader, dataset.source)
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(loader, total=len(dataset), desc=f"checking {dataset.source}", leave=False)
+        items = tqdm(items, total=len(dataset), desc=f"checking {dataset.source}", leave=False)
     for index, (image, error) in enumerate(items):
         if error is not None:
             if not skip_bad:
@@ -244,7 +246,7 @@ class _Tolerant(torch.utils.data.Dataset):
         try:
             return load_fixed_size(self.dataset.files[index], self.dataset.size[0]), None
         except BadImageError as err:
-            return None, str(err).split(": ", 1)[-1]
+            return None, err.reason
 
 
 def _identity(item):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from vitlab.data.arrays import guard_workers
 from vitlab.data.datasets import ArrayDataset, ImageFolderDataset, load_fixed_size
 from vitlab.data.images import BadImageError
 
@@ -65,16 +66,25 @@ def train_batches(
 
 
 def eval_batches(
-    dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every image once, in order; with several processes each takes every world_size-th image."""
+    """Every image once, in order; with several processes each takes every world_size-th image.
+    With a `skipped` list, unreadable files are left out of their batch and their paths appended."""
     indices = torch.arange(rank, len(dataset), world_size)
-    yield from load(dataset, list(indices.split(batch_size)), workers)
+    yield from load(dataset, list(indices.split(batch_size)), workers, skipped)
 
 
-def load(dataset: Dataset, plan: list[Tensor], workers: int) -> Iterator[tuple[Tensor, Tensor]]:
+def load(
+    dataset: Dataset, plan: list[Tensor], workers: int, skipped: list[str] | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """The batches of `plan` (lists of indices); a file that cannot be decoded raises BadImageError here,
-    in the main process, naming the file (an error raised inside a worker would lose its type).
+    in the main process, naming the file (an error raised inside a worker would lose its type). With a
+    `skipped` list, such a file is left out of its batch instead and its path appended to the list.
     """
     if hasattr(dataset, "batches"):  # a segmentation dataset forms its own (image, mask) batches
         yield from dataset.batches(plan, workers)
@@ -91,10 +101,13 @@ def load(dataset: Dataset, plan: list[Tensor], workers: int) -> Iterator[tuple[T
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(0),  # the main RNG streams stay untouched
     )
-    for images, labels, errors in loader:
+    for images, labels, errors in guard_workers(loader, dataset.source):
+        if errors and skipped is None:
+            raise BadImageError(errors[0][0], errors[0][1] + " (pass --skip-bad-images to skip such files)")
         if errors:
-            raise BadImageError(*errors[0])
-        yield images, labels
+            skipped += [path for path, _ in errors]
+        if images is not None:
+            yield images, labels
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -109,14 +122,16 @@ class _Decoded(torch.utils.data.Dataset):
         try:
             return load_fixed_size(path, self.dataset.size[0]), int(self.dataset.labels[index]), str(path), None
         except BadImageError as err:
-            return None, int(self.dataset.labels[index]), str(path), str(err).split(": ", 1)[-1]
+            return None, int(self.dataset.labels[index]), str(path), err.reason
 
 
 def _collate(items: list) -> tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]:
+    """The readable items stacked (None when there are none) and the (path, reason) of the others."""
     errors = [(path, error) for _, _, path, error in items if error is not None]
-    if errors:
+    good = [item for item in items if item[3] is None]
+    if not good:
         return None, None, errors
-    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items]), []
+    return torch.stack([item[0] for item in good]), torch.tensor([item[1] for item in good]), errors
 
 
 def steps_per_epoch(dataset: Dataset, batch_size: int) -> int:

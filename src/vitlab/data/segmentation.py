@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from vitlab.data.arrays import DatasetError
+from vitlab.data.arrays import DatasetError, guard_workers
 from vitlab.data.images import IMAGE_SUFFIXES, load_image
 from vitlab.data.seg_layouts import LAYOUTS
 from vitlab.segmentation.base import IGNORE_INDEX
@@ -150,7 +150,7 @@ class SegmentationDataset:
             _Items(self, "train"), batch_sampler=[p.tolist() for p in plan], num_workers=workers,
             collate_fn=_collate, generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
-        for images, masks, error in loader:
+        for images, masks, error in guard_workers(loader, self.source):
             if error:
                 raise DatasetError(error)
             yield images, masks

@@ -308,6 +308,8 @@ class DAT(Pyramid):
         self.patch_proj = ConvNorm(nn.Conv2d(in_chans, dims[0], patch_size, patch_size), norm_eps, False)
         rates = iter(drop_path_rates(drop_path_rate, sum(len(spec) for spec in stage_spec)))
         grid = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        if min(grid) < 8:  # the stage-4 position table is made for img_size / (patch_size * 8) tokens a side
+            raise ValueError(f"DAT needs img_size of at least {patch_size * 8} (patch_size x 8), got {img_size}")
         stages = []
         for i, (dim, spec) in enumerate(zip(dims, stage_spec, strict=True)):
             if dim % heads[i]:

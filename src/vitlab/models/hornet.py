@@ -239,9 +239,13 @@ class HorNet(Pyramid):
         for i in range(4):
             filter_size = self.filter_size(stem_stride * 2**i) if global_filter[i] else None
             gnconv = partial(GnConv, dims[i], orders[i], gnconv_scale, filter_size, norm_eps)
-            blocks = [
-                HorNetBlock(dims[i], gnconv(), next(rates), layer_scale_init_value, norm_eps) for _ in range(depths[i])
-            ]
+            try:
+                blocks = [
+                    HorNetBlock(dims[i], gnconv(), next(rates), layer_scale_init_value, norm_eps)
+                    for _ in range(depths[i])
+                ]
+            except ValueError as err:  # say which argument made the channel count
+                raise ValueError(f"stage {i + 1} (base_dim {base_dim} x {2**i}, order {orders[i]}): {err}") from err
             self.stages.append(nn.Sequential(*blocks))
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)

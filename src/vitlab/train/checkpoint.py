@@ -18,25 +18,40 @@ import numpy as np
 import torch
 
 
+class RunWriteError(RuntimeError):
+    """A file of a run could not be written (a full disk, a quota, a read-only file system); the
+    previous version of the file is intact, and the message says so."""
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any moment leaves either the old file or the new one.
 
     The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
     temporary file is renamed over `path` (atomic on POSIX); the directory is fsynced so the
-    rename itself survives a power cut.
+    rename itself survives a power cut. A failed write (ENOSPC, EDQUOT, EROFS, ...) removes the
+    temporary file and raises RunWriteError naming the file and the reason.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, len(data), err) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, len(data), err) from err
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -48,6 +63,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _write_error(path: Path, size: int, err: OSError) -> RunWriteError:
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    reason = err.strerror or str(err)
+    return RunWriteError(
+        f"could not write {path} ({size / 2**20:.1f} MiB): {reason}; {kept}. Free space (or fix the "
+        "file system) and rerun the same command with --resume to continue from the last checkpoint"
+    )
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files a process killed while writing `path` left behind; returns them."""
+    stale = sorted(path.parent.glob(f"{temporary_prefix(path)}*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

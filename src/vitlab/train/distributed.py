@@ -8,6 +8,8 @@ across processes. Without those variables everything runs in one process.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,3 +95,27 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class PeerLostError(RuntimeError):
+    """A process of a multi-process run lost the others (one died, or the network failed)."""
+
+
+@contextmanager
+def peers_watched(info: DistInfo, where: object) -> Iterator[None]:
+    """Turn a collective that fails because another process died (gloo: the connection closed; NCCL:
+    a DistBackendError) into one PeerLostError that says what to do, instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        lost = isinstance(err, getattr(dist, "DistBackendError", ())) or any(
+            s in text for s in ("Connection closed", "Connection reset", "Broken pipe", "gloo", "NCCL")
+        )
+        if not info.distributed or not lost or isinstance(err, PeerLostError):
+            raise
+        raise PeerLostError(
+            f"process {info.rank} of {info.world_size} lost the other processes of the run "
+            f"({text.splitlines()[0][:200]}); the last checkpoint in {where} stands: resubmit the same command "
+            "with --resume"
+        ) from err

@@ -44,12 +44,14 @@ def evaluate(
     workers: int = 2,
     progress: bool = False,
     amp: str = "auto",
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Top-1 / top-5 of a checkpoint on a dataset split (`vitlab eval`).
 
     A vitlab file names its model and input size; `model_name` and `img_size` override them. For an
     image folder `split` defaults to "all" (every image) and classes are matched by name with the
-    checkpoint's class names; for a benchmark dataset it defaults to "test".
+    checkpoint's class names; for a benchmark dataset it defaults to "test". With `skip_bad`, images
+    that cannot be read are left out and listed under "skipped" (else the first one is an error).
     """
     from vitlab.data.augment import EvalPreprocess
 
@@ -79,7 +81,8 @@ def evaluate(
     model.to(info.device).eval()
     pre = entry.preprocess
     preprocess = EvalPreprocess(img_size, pre.mean, pre.std, model.in_chans).to(info.device)
-    evaluator = Evaluator(preprocess, batch_size, info, workers, progress)
+    evaluator = Evaluator(preprocess, batch_size, info, workers, progress, skip_bad)
     metrics = evaluator(model, dataset, autocast(resolve_amp(amp, info.device), info.device), f"evaluating {split}")
-    metrics.update({"images": len(dataset), "split": split, "model": model_name})
+    skipped = evaluator.skipped or []
+    metrics.update({"images": len(dataset) - len(skipped), "skipped": skipped, "split": split, "model": model_name})
     return metrics

@@ -19,7 +19,7 @@ from torch import nn
 from vitlab.registry import get_entry
 from vitlab.train.build import build_model, build_optimizer, build_teacher, data_seed, load_data, seed_everything
 from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, make_config
-from vitlab.train.distributed import DistInfo, init_distributed, shutdown
+from vitlab.train.distributed import DistInfo, init_distributed, peers_watched, shutdown
 from vitlab.train.ema import ModelEma
 from vitlab.train.loop import Run, fit
 from vitlab.train.precision import autocast, resolve_amp
@@ -41,7 +41,8 @@ def train(config: TrainConfig, resume: bool = False, threads: int | None = None)
     info = init_distributed(config.device)
     try:
         run = prepare(config, resume, info, threads)
-        fit(run)
+        with peers_watched(info, run.rundir):
+            fit(run)
         return finish(run)
     finally:
         shutdown(info)
@@ -53,6 +54,8 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
             print(message, flush=True)
 
     rundir = RunDir(config.output)
+    if info.main and rundir.remove_stale_temporaries():
+        log(f"removed the half-written files of an interrupted write in {rundir}")
     saved = saved_checkpoint(rundir, config, resume, log)
     if threads is None and saved is not None and saved.get("threads"):
         threads = int(saved["threads"])

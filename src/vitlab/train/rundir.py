@@ -19,7 +19,12 @@ from typing import Any
 
 from torch import Tensor
 
-from vitlab.train.checkpoint import atomic_torch_save, atomic_write_bytes, load_training_checkpoint
+from vitlab.train.checkpoint import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    load_training_checkpoint,
+    remove_stale_temporaries,
+)
 
 
 class RunDir:
@@ -45,6 +50,10 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """The half-written files of a process killed while writing, removed (they never replace a file)."""
+        return [tmp for name in (self.CHECKPOINT, self.WEIGHTS) for tmp in remove_stale_temporaries(self.path / name)]
 
     def read_checkpoint(self) -> dict[str, Any]:
         return load_training_checkpoint(self.checkpoint)

@@ -55,16 +55,22 @@ class Teacher:
 class Evaluator:
     """Loss, top-1 and top-5 of a model on a dataset, summed exactly over the processes."""
 
-    def __init__(self, preprocess: nn.Module, batch_size: int, info: DistInfo, workers: int, progress: bool):
+    def __init__(
+        self, preprocess: nn.Module, batch_size: int, info: DistInfo, workers: int, progress: bool,
+        skip_bad: bool = False,
+    ):  # fmt: skip
         self.preprocess, self.batch_size, self.info = preprocess, batch_size, info
         self.workers, self.progress = workers, progress
+        self.skipped: list[str] | None = [] if skip_bad else None  # unreadable files left out (skip_bad)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, dataset, amp: AbstractContextManager, desc: str = "eval") -> dict:
         was_training = model.training
         model.eval()
         totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1, top-5, count
-        batches = eval_batches(dataset, self.batch_size, self.info.rank, self.info.world_size, self.workers)
+        batches = eval_batches(
+            dataset, self.batch_size, self.info.rank, self.info.world_size, self.workers, self.skipped
+        )
         if self.progress:
             from tqdm import tqdm
 
