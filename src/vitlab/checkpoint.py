@@ -10,10 +10,8 @@ missing, unexpected or mis-shaped key is an error that lists them.
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
-import pickletools
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.checkpoint_checks import castable, check_finite, nonfinite_allowed
+from vitlab.checkpoint_checks import castable, check_finite, nonfinite_allowed, pickled_globals
 
 StateDict = dict[str, Tensor]
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -104,52 +102,6 @@ def _read_torch_file(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
-
-
-def pickled_globals(path: Path) -> list[str]:
-    """The classes and functions a torch file's pickle refers to, besides torch's own, read without unpickling."""
-    names: set[str] = set()
-    with open(path, "rb") as f:
-        if zipfile.is_zipfile(f):  # the pickle is the archive's data.pkl (scanned here: any protocol)
-            try:
-                with zipfile.ZipFile(f) as archive:
-                    member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-                    if member is not None:
-                        names = _globals_of_one_pickle(io.BytesIO(archive.read(member)))
-            except (ValueError, EOFError, zipfile.BadZipFile, OSError):
-                pass
-        else:
-            f.seek(0)  # is_zipfile read the end of the file
-            try:
-                for _ in range(4):  # legacy format: magic number, protocol, system info, then the object
-                    names |= _globals_of_one_pickle(f)
-            except (ValueError, EOFError):
-                pass
-    names = {n.replace("__builtin__.", "builtins.", 1) for n in names}  # protocol 2 writes Python 2's name
-    return sorted(n for n in names if not n.startswith("torch.") and n != "collections.OrderedDict")
-
-
-def _globals_of_one_pickle(f: Any) -> set[str]:
-    """GLOBAL names, and STACK_GLOBAL ones from the two strings pushed (or fetched from the memo) before it."""
-    names: set[str] = set()
-    pushed: list[str | None] = []  # what each opcode left on top of the stack, as far as strings go
-    memo: dict[int, str | None] = {}
-    for opcode, arg, _ in pickletools.genops(f):
-        name = opcode.name
-        if name in ("GLOBAL", "INST"):
-            names.add(arg.replace(" ", "."))
-        elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
-            names.add(f"{pushed[-2]}.{pushed[-1]}")
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
-            memo[len(memo) if name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
-            continue
-        elif name == "STOP":
-            break
-        if name in ("BINGET", "LONG_BINGET", "GET"):
-            pushed.append(memo.get(arg))
-        else:
-            pushed.append(arg if isinstance(arg, str) and ("UNICODE" in name or "STRING" in name) else None)
-    return names
 
 
 def _first_line(err: BaseException) -> str:

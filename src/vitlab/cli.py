@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,108 +63,6 @@ def vitlab_command() -> str:
     return f"{shlex.quote(sys.executable)} -m vitlab"
 
 
-def read_labels(path: str | Path) -> list[str]:
-    try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read the labels file {path}: {err}") from err
-    labels = [line for line in lines if line]
-    if not labels:
-        raise UsageError(f"labels file {path} is empty")
-    return labels
-
-
-def refuse_skipping(args: argparse.Namespace, kind: str) -> None:
-    if getattr(args, "skip_bad_images", False):
-        raise UsageError(f"--skip-bad-images is for classifiers; {kind} stop at the first unreadable file, named")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from vitlab.data.transforms import expand_image_paths, stream_files
-    from vitlab.registry import create_model, load_model
-    from vitlab.train.seg_eval import is_segmentation
-
-    if args.pretrained and not args.model:
-        raise UsageError("--pretrained needs --model NAME (a tag is allowed: deit_tiny_patch16_224.fb_in1k)")
-    if bool(args.pretrained) == bool(args.checkpoint):
-        raise UsageError("give either --checkpoint PATH or --pretrained (the published weights)")
-    if args.pretrained:  # a variant without published weights says so here
-        from vitlab.hub import fetch_weights
-        from vitlab.registry import get_entry
-        from vitlab.weights import select_weights, split_tag
-
-        entry = get_entry(args.model)
-        weights = select_weights(entry, split_tag(args.model)[1])
-        if entry.task == "semantic-segmentation":  # the fetched file is then a checkpoint like any other
-            args.model, args.checkpoint = entry.name, str(fetch_weights(entry.name, weights))
-            refuse_skipping(args, "segmentation models")
-            return predict_masks(args)
-    elif is_segmentation(args.model, args.checkpoint):
-        refuse_skipping(args, "segmentation models")
-        return predict_masks(args)
-    if args.model:
-        model = create_model(args.model, pretrained=args.pretrained or args.checkpoint)
-    else:
-        model = load_model(args.checkpoint)
-    model.eval()
-    if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
-        from vitlab.seq2seq.predict import predict_strips
-
-        refuse_skipping(args, "sequence models")
-        try:
-            predict_strips(model, args.images, args.draw)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
-        return 0
-    names = getattr(model, "class_names", None)
-    if args.labels:
-        names = read_labels(args.labels)
-        if len(names) != model.num_classes:
-            raise UsageError(f"{args.labels} names {len(names)} classes; the model has {model.num_classes}")
-    weights = getattr(model, "pretrained_weights", None)
-    pre = weights.preprocess if weights is not None and weights.preprocess is not None else model.entry.preprocess
-    size = args.img_size or (model.img_size[0] if model.img_size else pre.img_size)
-    paths = expand_image_paths(args.images)
-    if not paths:
-        raise UsageError(f"no image files in {', '.join(args.images)}")
-    skipped: list[str] | None = [] if args.skip_bad_images else None
-    began, done = time.perf_counter(), 0
-    batches = stream_files(
-        paths, size, pre.mean, pre.std, pre.crop_pct, model.in_chans, args.batch_size, args.workers, skipped
-    )
-    for names_done, batch in batches:  # batch by batch: memory does not grow with the number of files
-        with torch.inference_mode():
-            probs = model(batch).float().softmax(dim=-1)
-        top = probs.topk(min(args.top, probs.shape[-1]), dim=-1)
-        for path, values, indices in zip(names_done, top.values, top.indices, strict=True):
-            print(path)
-            for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True), 1):
-                label = f"  {names[i]}" if names else ""
-                print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
-        done += len(names_done)
-    seconds = time.perf_counter() - began
-    bad = f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
-    print(f"predicted {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} images/s){bad}", file=sys.stderr)
-    return 0
-
-
-def predict_masks(args: argparse.Namespace) -> int:
-    """`vitlab predict` for a segmentation model: a palette PNG mask and an overlay per image."""
-    from vitlab.train.seg_eval import load_segmenter, predict_segmentation
-
-    model = load_segmenter(args.model, args.checkpoint).eval()
-    if args.labels:
-        model.class_names = read_labels(args.labels)
-        if len(model.class_names) != model.num_classes:
-            raise UsageError(f"{args.labels} names {len(model.class_names)} classes; the model has {model.num_classes}")
-    for path, (mask, picture, shares) in zip(
-        args.images, predict_segmentation(model, args.images, args.output, args.img_size), strict=True
-    ):
-        print(f"{path}\n  mask:    {mask}\n  overlay: {picture}")
-        print("  " + ", ".join(f"{name} {share:.1f}%" for name, share in shares.items()))
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from vitlab.train.config import FIELDS, load_yaml, make_config
     from vitlab.train.run import train
@@ -192,6 +91,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
+        from vitlab.predict import refuse_skipping
+
         refuse_skipping(args, "segmentation models")
         return eval_masks(args)
 
@@ -272,52 +173,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vitlab import __version__
-
-    parser = argparse.ArgumentParser(prog="vitlab", description="Vision transformers: models, training, analysis.")
-    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
-    parser.add_argument(
-        "--threads", type=positive_int, help="CPU threads per process (default: the cores not busy with other work)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    from vitlab.listing import cmd_models
-
-    models = commands.add_parser("models", help="list the models with params, GMACs and reference")
-    models.add_argument("pattern", nargs="?", help="shell pattern or substring of the names, e.g. 'deit*'")
-    models.add_argument("--pretrained", action="store_true", help="list the published weights, as NAME.TAG")
-    models.set_defaults(func=cmd_models)
-
-    predict = commands.add_parser("predict", help="top-k classes of images (segmentation: mask and overlay PNGs)")
-    predict.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
-    predict.add_argument("--checkpoint", help="weights in any layout vitlab loads")
-    predict.add_argument(
-        "--pretrained", action="store_true", help="the model's published weights (downloaded once, then cached)"
-    )
-    predict.add_argument("--labels", help="file with one class name per line (default: the checkpoint's names)")
-    predict.add_argument("--img-size", type=positive_int, help="input size (default: the model's)")
-    predict.add_argument("--top", type=positive_int, default=5)
-    predict.add_argument("--draw", help="image-to-sequence models: draw the decoder's cross-attention to this .png")
-    predict.add_argument("--output", default=".", help="segmentation: folder for the masks and overlays (default: .)")
-    predict.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    predict.add_argument("--workers", type=int, default=0, help="processes decoding images (default: 0)")
-    predict.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable files, counted")
-    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    predict.set_defaults(func=cmd_predict)
-
-    train = commands.add_parser(
-        "train",
-        help="train a classifier or a segmentation model (torchrun --nproc_per_node=N -m vitlab train ... for "
-        "several processes)",
-        description="Train any vitlab classifier or segmentation model. Options may come from --config recipe.yaml "
-        "(keys are the long option names); options on the command line override the recipe.",
-    )
-    train.add_argument("--config", help="YAML recipe (e.g. recipes/fashion-mnist.yaml or a run's config.yaml)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    add_train_options(train)
-    train.set_defaults(func=cmd_train)
-
+def add_eval_command(commands: Any) -> None:
     evaluate = commands.add_parser("eval", help="top-1 / top-5 (or mIoU per class) of a checkpoint on a dataset")
     evaluate.add_argument("--model", help="model name (default: the one stored in a vitlab model.safetensors)")
     evaluate.add_argument("--checkpoint", required=True)
@@ -342,6 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_eval)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from vitlab import __version__
+
+    parser = argparse.ArgumentParser(prog="vitlab", description="Vision transformers: models, training, analysis.")
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    parser.add_argument(
+        "--threads", type=positive_int, help="CPU threads per process (default: the cores not busy with other work)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from vitlab.listing import cmd_models
+
+    models = commands.add_parser("models", help="list the models with params, GMACs and reference")
+    models.add_argument("pattern", nargs="?", help="shell pattern or substring of the names, e.g. 'deit*'")
+    models.add_argument("--pretrained", action="store_true", help="list the published weights, as NAME.TAG")
+    models.set_defaults(func=cmd_models)
+
+    from vitlab.predict import add_predict_command
+
+    add_predict_command(commands)
+
+    train = commands.add_parser(
+        "train",
+        help="train a classifier or a segmentation model (torchrun --nproc_per_node=N -m vitlab train ... for "
+        "several processes)",
+        description="Train any vitlab classifier or segmentation model. Options may come from --config recipe.yaml "
+        "(keys are the long option names); options on the command line override the recipe.",
+    )
+    train.add_argument("--config", help="YAML recipe (e.g. recipes/fashion-mnist.yaml or a run's config.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    add_train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    add_eval_command(commands)
+
     demo = commands.add_parser("demo", help="train a small ViT on the built-in data and draw its attention")
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--epochs", type=positive_int)
@@ -356,13 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench_command(commands)
     register_convert_command(commands)
     register_export_command(commands)
-    for command in commands.choices.values():  # every command that reads weights can be told to take NaNs
+    add_allow_nonfinite(commands)
+    return parser
+
+
+def add_allow_nonfinite(commands: Any) -> None:
+    """Every command that reads weights can be told to take NaN or infinite ones."""
+    for command in commands.choices.values():
         flags = {flag for action in command._actions for flag in action.option_strings}
         if flags & {"--checkpoint", "--pretrained", "--teacher-checkpoint"}:
             command.add_argument(
                 "--allow-nonfinite", action="store_true", help="load checkpoints with NaN or infinite weights"
             )
-    return parser
 
 
 def known_errors() -> tuple[type[BaseException], ...]:

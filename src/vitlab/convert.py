@@ -268,7 +268,7 @@ def _check_timm_family(entry: Any) -> None:
 
 # The command line.
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vitlab.cli import read_labels
+    from vitlab.predict import read_labels
 
     names = read_labels(args.labels) if args.labels else None
     done = convert(
