@@ -80,7 +80,7 @@ def test_forward_compiles_without_graph_breaks(name):
     torch.testing.assert_close(logits(actual), logits(expected), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "pvt_v2_b0"])
+@pytest.mark.parametrize("name", ["vit_small_patch16_224"])  # Swin (239 s) and PVT v2 B0 (115 s): by hand
 def test_inductor_compiles_to_the_same_outputs_and_gradients(name):
     model = tiny(name, drop_path_rate=0.0).train()  # (Swin's default stochastic depth would differ run to run)
     x = example_inputs(model)[0]

@@ -55,10 +55,32 @@ def fixture_layouts() -> dict[type, set[str]]:
     return layouts
 
 
+def published(entry) -> str:
+    """The default tag of the variant's published weights, its layout and host, and how many more tags."""
+    if not entry.weights:
+        return "none"
+    w = entry.weights[0]
+    host = "hub" if w.hf_hub_id else "release"
+    more = f" (+{len(entry.weights) - 1})" if len(entry.weights) > 1 else ""
+    return f"{w.tag}: {w.layout}, {host}{more}"
+
+
+def exportable(name: str) -> str:
+    """ONNX as `tests/export/test_export.py` checks each family: dynamic, static height and width, static, or no."""
+    from vitlab.export.core import dynamic_limit, fixed_batch, onnx_limit
+
+    model = vitlab.create_model(name, **get_entry(name).tiny)
+    if onnx_limit(model):
+        return "no"
+    if fixed_batch(model):
+        return "static"
+    return "dynamic batch" if dynamic_limit(model) else "dynamic"
+
+
 def main() -> None:
     layouts = fixture_layouts()
-    print("| model | params | GMACs | input | paper | parity checks |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | GMACs | input | paper | parity checks | weights | ONNX |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in vitlab.list_models():
         info = vitlab.model_info(name)
         entry = get_entry(name)
@@ -69,7 +91,8 @@ def main() -> None:
         checks = (["fixtures: " + ", ".join(checks)] if checks else []) + [OTHER_CHECKS.get(entry.builder.__name__, "")]
         checked = "; ".join(c for c in checks if c) or "none"
         print(
-            f"| {name} | {info['params'] / 1e6:.2f}M | {info['gmacs']:.2f} | {size} | {info['reference']} | {checked} |"
+            f"| {name} | {info['params'] / 1e6:.2f}M | {info['gmacs']:.2f} | {size} | {info['reference']} | {checked} "
+            f"| {published(entry)} | {exportable(name)} |"
         )
 
 
