@@ -16,11 +16,10 @@ from vitlab.export.core import (
     default_size,
     dynamic_limit,
     flatten_outputs,
-    max_relative_error,
     signature,
     traced_size,
 )
-from vitlab.export.to_onnx import TOLERANCE, checks_for
+from vitlab.export.to_onnx import compare_at_checks
 
 
 def export_program(
@@ -104,18 +103,5 @@ def verify_program(
 ) -> dict[str, float]:
     """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes)`."""
     module = torch.export.load(str(path)).module()
-    sig = signature(model, size)
-    errors = {}
-    for batch, at in checks_for(size, axes, asked):
-        inputs = sig.with_batch(batch, model, None if at == size else at)
-        label = f"batch {batch} at {at[0]}x{at[1]}"
-        with torch.no_grad():
-            expected = flatten_outputs(model(*inputs.values()))
-            try:
-                actual = flatten_outputs(module(*inputs.values()))
-            except Exception as err:
-                raise ExportError(f"{name}: the reloaded program cannot run {label}: {err}") from err
-        errors[label] = max_relative_error(actual, expected)
-        if errors[label] > TOLERANCE:
-            raise ExportError(f"{name}: the reloaded program differs by {errors[label]:.2e} (max relative) for {label}")
-    return errors
+    run = lambda inputs: flatten_outputs(module(*inputs.values()))  # noqa: E731
+    return compare_at_checks(model, signature(model, size), size, axes, asked, name, run, "the reloaded program")

@@ -13,8 +13,9 @@ import contextlib
 import io
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,20 +165,39 @@ def verify_onnx(
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sig = signature(model, size, dynamic=bool(dynamic_axes))
+
+    def run(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        feed = {key: value.numpy() for key, value in inputs.items()}
+        return [torch.from_numpy(out) for out in session.run(None, feed)]
+
+    return compare_at_checks(model, sig, size, dynamic_axes, asked, name, run, "onnxruntime")
+
+
+def compare_at_checks(
+    model: nn.Module,
+    sig: Any,
+    size: tuple[int, int],
+    axes: dict[str, dict[int, str]],
+    asked: tuple[int, int] | None,
+    name: str,
+    run: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]],
+    runner: str,
+) -> dict[str, float]:
+    """Max relative error of `run` (an exported graph) against `model` at each of `checks_for(size, axes,
+    asked)`; ExportError naming `runner` and the check where it cannot run or differs by more than TOLERANCE."""
     errors = {}
-    for batch, at in checks_for(size, dynamic_axes, asked):
+    for batch, at in checks_for(size, axes, asked):
         inputs = sig.with_batch(batch, model, None if at == size else at)
+        label = f"batch {batch} at {at[0]}x{at[1]}"
         with torch.no_grad():
             expected = flatten_outputs(model(*inputs.values()))
-        feed = {key: value.numpy() for key, value in inputs.items()}
-        label = f"batch {batch} at {at[0]}x{at[1]}"
-        try:
-            actual = [torch.from_numpy(out) for out in session.run(None, feed)]
-        except Exception as err:  # onnxruntime's errors: a shape the graph holds fixed, most often
-            raise ExportError(f"{name}: onnxruntime cannot run the graph for {label}: {str(err)[:300]}") from err
+            try:
+                actual = run(inputs)
+            except Exception as err:  # most often a shape the graph holds fixed
+                raise ExportError(f"{name}: {runner} cannot run the graph for {label}: {str(err)[:300]}") from err
         errors[label] = max_relative_error(actual, expected)
         if errors[label] > TOLERANCE:
             raise ExportError(
-                f"{name}: onnxruntime differs from PyTorch by {errors[label]:.2e} (max relative) for {label}"
+                f"{name}: {runner} differs from PyTorch by {errors[label]:.2e} (max relative) for {label}"
             )
     return errors
