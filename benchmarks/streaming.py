@@ -2,8 +2,9 @@
 
 Streaming means the peak resident memory does not grow with the number of files: this script writes
 folders of N and 10N small PNGs (default 1,000 and 10,000), runs each command on each in a fresh
-process, and prints the peak RSS (from wait4) and the images per second. A tiny DeiT keeps the
-model's share of the time small, so the figures measure the data path.
+process, and prints the peak RSS (from wait4), the wall time of the process (start-up included) and
+the images per second the command itself reports (reading, decoding and scoring, after start-up). A
+tiny DeiT keeps the model's share of the time small, so the figures measure the data path.
 
     python benchmarks/streaming.py [--counts 1000 10000] [--workers 0] [--batch-size 64]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,8 +49,8 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of `python -m vitlab ARGV` in a fresh process."""
+def measure(argv: list[str]) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MiB, images/s the command reports) of `python -m vitlab ARGV` in a fresh process."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "vitlab", *argv], env=env, stdout=subprocess.DEVNULL,
@@ -58,7 +60,10 @@ def measure(argv: list[str]) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
+    reported = re.search(r"\(([0-9.]+) images/s", proc.stderr.read().decode())
+    if reported is None:
+        raise SystemExit(f"{' '.join(argv)} printed no throughput")
+    return seconds, usage.ru_maxrss / 1024, float(reported.group(1))  # Linux reports ru_maxrss in KiB
 
 
 def main() -> None:
@@ -69,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "model.safetensors")
-        print(f"{'command':8} {'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS':>10}")
+        print(f"{'command':8} {'images':>7} {'wall s':>7} {'images/s':>9} {'peak RSS':>10}")
         for count in args.counts:
             folder = write_images(Path(tmp) / f"images{count}", count)
             common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
@@ -78,8 +83,8 @@ def main() -> None:
                 "eval": ["eval", "--checkpoint", str(checkpoint), "--data", str(folder), "--device", "cpu", *common],
             }
             for name, argv in runs.items():
-                seconds, rss = measure(argv)
-                print(f"{name:8} {count:7d} {seconds:8.1f} {count / seconds:9.1f} {rss:8.0f} MiB", flush=True)
+                seconds, rss, rate = measure(argv)
+                print(f"{name:8} {count:7d} {seconds:7.1f} {rate:9.1f} {rss:8.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

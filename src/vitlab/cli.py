@@ -114,6 +114,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images): "
         f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
     )
+    seconds = metrics["seconds"]
+    print(f"evaluated in {seconds:.1f}s ({metrics['images'] / max(seconds, 1e-9):.1f} images/s)", file=sys.stderr)
     if metrics["skipped"]:
         print(f"skipped {len(metrics['skipped'])} unreadable images (first: {metrics['skipped'][0]})")
     return 0

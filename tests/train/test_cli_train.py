@@ -4,6 +4,7 @@ mixed precision, NaN handling, and every bad input named in a clear error before
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -60,8 +61,11 @@ def test_eval_prints_the_test_accuracy(run, capsys):
     capsys.readouterr()
     args = ["eval", "--checkpoint", str(output / "model.safetensors"), "--data", "mnist", "--data-dir", str(data)]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"top-1 {summary['test_top1']:.2f}%" in out and f"top-5 {summary['test_top5']:.2f}%" in out
+    seconds, rate = re.search(r"evaluated in ([0-9.]+)s \(([0-9.]+) images/s\)", err).groups()
+    images = int(re.search(r"\(test, (\d+) images\)", out).group(1))
+    assert images > 0 and float(rate) > 0 and abs(images / float(rate) - float(seconds)) <= 0.051  # seconds: .1f
     # The training checkpoint evaluates too (its raw weights, not the EMA's).
     args[2] = str(output / "checkpoint-last.pt")
     assert main(args) == 0 and "top-1" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def evaluate(
     image folder `split` defaults to "all" (every image) and classes are matched by name with the
     checkpoint's class names; for a benchmark dataset it defaults to "test". With `skip_bad`, images
     that cannot be read are left out and listed under "skipped" (else the first one is an error).
+    "seconds" is the time spent reading, preprocessing and scoring, after the model is loaded.
     """
     from vitlab.data.augment import EvalPreprocess
 
@@ -82,7 +84,10 @@ def evaluate(
     pre = entry.preprocess
     preprocess = EvalPreprocess(img_size, pre.mean, pre.std, model.in_chans).to(info.device)
     evaluator = Evaluator(preprocess, batch_size, info, workers, progress, skip_bad)
+    began = time.perf_counter()
     metrics = evaluator(model, dataset, autocast(resolve_amp(amp, info.device), info.device), f"evaluating {split}")
+    seconds = time.perf_counter() - began
     skipped = evaluator.skipped or []
     metrics.update({"images": len(dataset) - len(skipped), "skipped": skipped, "split": split, "model": model_name})
+    metrics["seconds"] = seconds
     return metrics
