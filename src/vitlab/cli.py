@@ -91,9 +91,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
-        from vitlab.predict import refuse_skipping
-
-        refuse_skipping(args, "segmentation models")
         return eval_masks(args)
 
     metrics = evaluate(
@@ -127,9 +124,12 @@ def eval_masks(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size or 8,
         img_size=args.img_size, device=args.device, workers=args.workers, progress=sys.stderr.isatty(), amp=args.amp,
         slide=args.slide, crop_size=args.crop_size, stride=args.stride, flip=args.flip, scales=args.scales,
+        skip_bad=args.skip_bad_images,
     )  # fmt: skip
     print(f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images)")
     print(metrics["table"])
+    if metrics["skipped"]:
+        print(f"skipped {len(metrics['skipped'])} unreadable image/mask pairs (first: {metrics['skipped'][0]})")
     return 0
 
 

@@ -123,8 +123,8 @@ def task_data(config: TrainConfig, entry: Any, info: DistInfo, progress: bool, l
     the evaluation scale and trained on crops (segmentation), strips of images (sequence-to-sequence),
     or images."""
     if entry.task == "semantic-segmentation":
-        data, img_size, crop = load_segmentation_data(config, entry, info, log)
-        return data, img_size, [], crop
+        data, img_size, crop, skipped = load_segmentation_data(config, entry, info, log)
+        return data, img_size, skipped, crop
     data, img_size, skipped = load_data(config, entry, info, progress, log)
     if entry.task == "sequence-to-sequence":  # the images become strips, their labels sequences
         from vitlab.train.tasks.seq2seq import strip_splits
