@@ -10,7 +10,9 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -282,6 +284,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        # Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported with the file's name,
+        # instead of the kernel killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from vitlab.checkpoint_checks import allow_nonfinite
     from vitlab.data.arrays import workers_watched
     from vitlab.train.loop import TrainingDiverged

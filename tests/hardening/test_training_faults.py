@@ -1,4 +1,4 @@
-"""Faults during training: SIGKILL in the middle of a checkpoint write, a full disk, a data-loader
+"""Faults during training: SIGKILL in the middle of a checkpoint write, a full disk, a file-size limit, a data-loader
 worker that dies, NaN in the loss under mixed precision. In each case the run stops with one clear
 message (or is killed), the previous checkpoint is intact, and the same command with --resume
 finishes with exactly the weights of a run that was never interrupted."""
@@ -109,6 +109,22 @@ def test_a_full_disk_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(
     assert position(run / "checkpoint-last.pt") == (1, 2) and not list(run.glob(".*.tmp"))
     monkeypatch.undo()
     assert main([*args(run), "--resume"]) == 0  # space freed: the same command continues
+    assert same_weights(expected, run)
+
+
+def test_a_file_size_limit_enforced_by_the_kernel_stops_the_run_with_a_message(reference, tmp_path):
+    """Not an intercepted write: the kernel refuses the bytes past RLIMIT_FSIZE (see fault_worker.py)."""
+    args, expected = reference
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VITLAB_TEST_FSIZE_AT": "2"}
+    done = subprocess.run([sys.executable, WORKER, *args(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    limit = (run / "checkpoint-last.pt").stat().st_size // 2
+    err = done.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"error: could not write {run / 'checkpoint-last.pt'}") and "File too large" in err, err
+    assert f"at most {limit:,} bytes (ulimit -f)" in err and "the previous checkpoint-last.pt is intact" in err
+    assert position(run / "checkpoint-last.pt") == (0, 2) and not list(run.glob(".*.tmp"))
+    assert main([*args(run), "--resume"]) == 0  # the limit lifted: the same command continues
     assert same_weights(expected, run)
 
 
