@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -164,25 +165,31 @@ def test_a_data_loader_worker_that_dies_is_a_clear_error_not_a_hang(tmp_path, mo
     assert "DataLoader worker" in err  # torch says "killed by signal" or "exited unexpectedly"
 
 
-def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, amp,
+                                                                                 dtype):  # fmt: skip
     from vitlab.train.tasks.classification import ClassificationTask
 
     data = write_mnist(tmp_path / "data")
     real, calls = ClassificationTask.loss, [0]
 
-    def loss(self, module, images, labels, amp):
+    def loss(self, module, images, labels, autocast):
         calls[0] += 1
-        assert isinstance(amp, torch.autocast) and amp.fast_dtype == torch.bfloat16  # the step runs under bf16
-        value = real(self, module, images, labels, amp)
+        assert isinstance(autocast, torch.autocast) and autocast.fast_dtype == dtype  # the step runs in it
+        value = real(self, module, images, labels, autocast)
         return value * float("nan") if calls[0] == 6 else value
 
     monkeypatch.setattr(ClassificationTask, "loss", loss)
     run = tmp_path / "run"
-    assert main(train_args(data, run, "--amp", "bf16", "--device", "cpu", epochs=3)) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "slower than float32 here" on CPUs without native bf16 / fp16
+        assert main(train_args(data, run, "--amp", amp, "--device", "cpu", epochs=3)) == 3
     err = capsys.readouterr().err
     assert "the loss became nan at step 6 (epoch 2, batch 2 of 4)" in err
     assert f"the last good checkpoint is {run / 'checkpoint-last.pt'} (epoch 1)" in err
     assert position(run / "checkpoint-last.pt") == (1, 0) and not (run / "model.safetensors").exists()
+    scaler = torch.load(run / "checkpoint-last.pt", weights_only=True).get("scaler")
+    assert (scaler is not None and scaler["scale"] > 0) == (amp == "fp16")  # float16 trains with a loss scaler
 
 
 def torchrun(args: list[str], env: dict, timeout: float) -> tuple[int, str, float]:

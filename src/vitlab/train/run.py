@@ -22,7 +22,7 @@ from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, mak
 from vitlab.train.distributed import DistInfo, init_distributed, peers_watched, shutdown
 from vitlab.train.ema import ModelEma
 from vitlab.train.loop import Run, fit
-from vitlab.train.precision import autocast, resolve_amp
+from vitlab.train.precision import autocast, loss_scaler, resolve_amp
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import TrainState
 from vitlab.train.tasks import Task
@@ -76,7 +76,7 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
         build_optimizer(config, model, task.extra_module, info.device),
         task.extra_module,
         ModelEma(model, config.ema_decay) if config.ema else None,
-        torch.amp.GradScaler("cuda") if amp == "fp16" else None,
+        loss_scaler(amp, info.device),
         skipped_images=skipped,
     )
     if saved is not None:
