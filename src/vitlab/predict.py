@@ -28,7 +28,7 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def skipped_line(skipped: list[str] | None) -> str:
-    """ ", skipped N unreadable (first: PATH)" for a summary line, or nothing."""
+    """The end of a summary line when files were skipped: `, skipped N unreadable (first: PATH)`."""
     return f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
 
 
