@@ -1,6 +1,11 @@
 """Shared test utilities."""
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -37,3 +42,36 @@ def assert_same_weights(expected: dict, actual: dict, embed_dim: int, rtol: floa
         if key.endswith("attn.qkv.bias"):
             a, b = torch.cat([a[:embed_dim], a[2 * embed_dim :]]), torch.cat([b[:embed_dim], b[2 * embed_dim :]])
         torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=key)
+
+
+def run_two_processes(worker: Path, args: list[str], timeout: float) -> tuple[str, str]:
+    """`worker args...` as two processes under torchrun (one thread each); its stdout and stderr, after
+    asserting that it succeeded. torchrun runs in its own session and starts each worker in another:
+    after `timeout` it is stopped with SIGTERM, which stops its workers (SIGKILL would orphan them)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), *args]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
+def assert_state_dict_round_trip(model: torch.nn.Module, other: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """`other`, built with other weights, computes exactly `model`'s outputs once it has loaded `model`'s
+    state dict (strictly); both in eval mode."""
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(*inputs), other(*inputs))  # else the check below could not fail
+        other.load_state_dict(model.state_dict(), strict=True)
+        assert torch.equal(model(*inputs), other(*inputs))

@@ -10,7 +10,9 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,9 +93,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitlab.train.seg_eval import is_segmentation
 
     if is_segmentation(args.model, args.checkpoint):
-        from vitlab.predict import refuse_skipping
-
-        refuse_skipping(args, "segmentation models")
         return eval_masks(args)
 
     metrics = evaluate(
@@ -129,9 +128,12 @@ def eval_masks(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size or 8,
         img_size=args.img_size, device=args.device, workers=args.workers, progress=sys.stderr.isatty(), amp=args.amp,
         slide=args.slide, crop_size=args.crop_size, stride=args.stride, flip=args.flip, scales=args.scales,
+        skip_bad=args.skip_bad_images,
     )  # fmt: skip
     print(f"{metrics['model']} on {args.data} ({metrics['split']}, {metrics['images']} images)")
     print(metrics["table"])
+    if metrics["skipped"]:
+        print(f"skipped {len(metrics['skipped'])} unreadable image/mask pairs (first: {metrics['skipped'][0]})")
     return 0
 
 
@@ -284,6 +286,10 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        # Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported with the file's name,
+        # instead of the kernel killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from vitlab.checkpoint_checks import allow_nonfinite
     from vitlab.data.arrays import workers_watched
     from vitlab.train.loop import TrainingDiverged

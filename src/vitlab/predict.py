@@ -27,12 +27,13 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
-def refuse_skipping(args: argparse.Namespace, kind: str) -> None:
-    if getattr(args, "skip_bad_images", False):
-        raise UsageError(f"--skip-bad-images is for classifiers; {kind} stop at the first unreadable file, named")
+def skipped_line(skipped: list[str] | None) -> str:
+    """The end of a summary line when files were skipped: `, skipped N unreadable (first: PATH)`."""
+    return f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from vitlab.data.images import BadImageError
     from vitlab.data.transforms import expand_image_paths, stream_files
     from vitlab.registry import create_model, load_model
     from vitlab.train.seg_eval import is_segmentation
@@ -50,10 +51,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         weights = select_weights(entry, split_tag(args.model)[1])
         if entry.task == "semantic-segmentation":  # the fetched file is then a checkpoint like any other
             args.model, args.checkpoint = entry.name, str(fetch_weights(entry.name, weights))
-            refuse_skipping(args, "segmentation models")
             return predict_masks(args)
     elif is_segmentation(args.model, args.checkpoint):
-        refuse_skipping(args, "segmentation models")
         return predict_masks(args)
     if args.model:
         model = create_model(args.model, pretrained=args.pretrained or args.checkpoint)
@@ -63,11 +62,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if getattr(model, "task", None) == "sequence-to-sequence":  # image strips in, label sequences out
         from vitlab.seq2seq.predict import predict_strips
 
-        refuse_skipping(args, "sequence models")
+        skipped = [] if args.skip_bad_images else None
         try:
-            predict_strips(model, args.images, args.draw)
+            read = predict_strips(model, expand_image_paths(args.images), args.draw, skipped)
+        except BadImageError:
+            raise
         except ValueError as err:
             raise UsageError(str(err)) from err
+        if skipped:
+            print(f"read {len(read)} strips{skipped_line(skipped)}", file=sys.stderr)
         return 0
     names = getattr(model, "class_names", None)
     if args.labels:
@@ -96,13 +99,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"  {rank}. {p * 100:6.2f}%  class {i}{label}")
         done += len(names_done)
     seconds = time.perf_counter() - began
-    bad = f", skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
-    print(f"predicted {done} images in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} images/s){bad}", file=sys.stderr)
+    rate = done / max(seconds, 1e-9)
+    print(f"predicted {done} images in {seconds:.1f}s ({rate:.1f} images/s){skipped_line(skipped)}", file=sys.stderr)
     return 0
 
 
 def predict_masks(args: argparse.Namespace) -> int:
     """`vitlab predict` for a segmentation model: a palette PNG mask and an overlay per image."""
+    from vitlab.data.transforms import expand_image_paths
     from vitlab.train.seg_eval import load_segmenter, predict_segmentation
 
     model = load_segmenter(args.model, args.checkpoint).eval()
@@ -110,11 +114,16 @@ def predict_masks(args: argparse.Namespace) -> int:
         model.class_names = read_labels(args.labels)
         if len(model.class_names) != model.num_classes:
             raise UsageError(f"{args.labels} names {len(model.class_names)} classes; the model has {model.num_classes}")
-    for path, (mask, picture, shares) in zip(
-        args.images, predict_segmentation(model, args.images, args.output, args.img_size), strict=True
-    ):
+    paths = expand_image_paths(args.images)
+    if not paths:
+        raise UsageError(f"no image files in {', '.join(args.images)}")
+    skipped = [] if args.skip_bad_images else None
+    results = predict_segmentation(model, paths, args.output, args.img_size, skipped)
+    for path, mask, picture, shares in results:
         print(f"{path}\n  mask:    {mask}\n  overlay: {picture}")
         print("  " + ", ".join(f"{name} {share:.1f}%" for name, share in shares.items()))
+    if skipped:
+        print(f"segmented {len(results)} images{skipped_line(skipped)}", file=sys.stderr)
     return 0
 
 

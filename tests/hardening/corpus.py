@@ -11,6 +11,7 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,25 @@ def exif_rotated_jpeg(orientation: int) -> tuple[bytes, np.ndarray]:
     data = encoded(Image.fromarray(stored), "JPEG", quality=100, exif=exif.tobytes())
     shown = {1: stored, 3: np.rot90(stored, 2), 6: np.rot90(stored, -1), 8: np.rot90(stored, 1)}[orientation]
     return data, np.ascontiguousarray(shown)
+
+
+def grey(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array.astype(np.uint8), mode="L")
+
+
+def bad_masks(height: int, width: int, classes: int) -> dict[str, tuple[Callable[[Path], None], str]]:
+    """Every way a mask for a `height` x `width` image of `classes` classes can be wrong:
+    {fault: (write it at a path, what the error about it must say)}."""
+
+    def truncated(path: Path) -> None:
+        grey(np.zeros((height, width))).save(path)
+        path.write_bytes(path.read_bytes()[:40])
+
+    return {
+        "label out of range": (lambda p: grey(np.full((height, width), classes + 3)).save(p),
+                               f"holds the label {classes + 3}"),
+        "wrong size": (lambda p: grey(np.zeros((height - 1, width))).save(p), f"is {width}x{height - 1} but its image"),
+        "colour mask": (lambda p: Image.new("RGB", (width, height), (255, 0, 0)).save(p), "is an RGB image"),
+        "truncated": (truncated, "cannot read mask"),
+        "not an image": (lambda p: p.write_text("mask"), "cannot read mask"),
+    }  # fmt: skip

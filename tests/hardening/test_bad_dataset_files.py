@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.hardening.corpus import bad_masks
 from tests.train.tiny import idx_bytes, write_mnist
 from vitlab.data.datasets import DatasetError, build_datasets
 from vitlab.data.segmentation import check_and_load, find_segmentation_data
@@ -79,20 +79,6 @@ def test_cifar_files_with_wrong_lengths_or_labels_are_named(tmp_path, fault, say
     assert str(bad) in str(caught.value) and says in str(caught.value), str(caught.value)
 
 
-def mask_faults(folder: Path) -> dict[str, tuple[Path, str]]:
-    """Write one bad mask per fault into a copy of a good image/mask folder; -> {fault: (mask, message)}."""
-    masks = folder / "train" / "masks"
-    grey = lambda a: Image.fromarray(a.astype(np.uint8), mode="L")  # noqa: E731
-    faults = {
-        "label out of range": (lambda p: grey(np.full((12, 16), 7)).save(p), "holds the label 7"),
-        "wrong size": (lambda p: grey(np.zeros((11, 16))).save(p), "is 16x11 but its image"),
-        "colour mask": (lambda p: Image.new("RGB", (16, 12), (255, 0, 0)).save(p), "is an RGB image"),
-        "truncated": (lambda p: p.write_bytes(p.read_bytes()[:40]), "cannot read mask"),
-        "not an image": (lambda p: p.write_text("mask"), "cannot read mask"),
-    }
-    return {fault: (masks / "0.png", says, write) for fault, (write, says) in faults.items()}
-
-
 def test_bad_masks_are_named(tmp_path):
     good = tmp_path / "good"
     rng = np.random.default_rng(0)
@@ -107,10 +93,10 @@ def test_bad_masks_are_named(tmp_path):
                 good / split / "masks" / f"{i}.png"
             )
     (good / "classes.txt").write_text("a\nb\nc\n")
-    for fault, (mask, says, write) in mask_faults(good).items():
+    for fault, (write, says) in bad_masks(12, 16, classes=3).items():
         root = tmp_path / fault.replace(" ", "-")
         shutil.copytree(good, root)
-        bad = root / mask.relative_to(good)
+        bad = root / "train" / "masks" / "0.png"
         write(bad)
         with pytest.raises(DatasetError) as caught:
             splits = find_segmentation_data(str(root), None, 16)

@@ -1,4 +1,4 @@
-"""Faults during training: SIGKILL in the middle of a checkpoint write, a full disk, a data-loader
+"""Faults during training: SIGKILL in the middle of a checkpoint write, a full disk, a file-size limit, a data-loader
 worker that dies, NaN in the loss under mixed precision. In each case the run stops with one clear
 message (or is killed), the previous checkpoint is intact, and the same command with --resume
 finishes with exactly the weights of a run that was never interrupted."""
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,22 @@ def test_a_full_disk_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(
     assert same_weights(expected, run)
 
 
+def test_a_file_size_limit_enforced_by_the_kernel_stops_the_run_with_a_message(reference, tmp_path):
+    """Not an intercepted write: the kernel refuses the bytes past RLIMIT_FSIZE (see fault_worker.py)."""
+    args, expected = reference
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VITLAB_TEST_FSIZE_AT": "2"}
+    done = subprocess.run([sys.executable, WORKER, *args(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    limit = (run / "checkpoint-last.pt").stat().st_size // 2
+    err = done.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"error: could not write {run / 'checkpoint-last.pt'}") and "File too large" in err, err
+    assert f"at most {limit:,} bytes (ulimit -f)" in err and "the previous checkpoint-last.pt is intact" in err
+    assert position(run / "checkpoint-last.pt") == (0, 2) and not list(run.glob(".*.tmp"))
+    assert main([*args(run), "--resume"]) == 0  # the limit lifted: the same command continues
+    assert same_weights(expected, run)
+
+
 def image_folder(root: Path, per_class: int = 8) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -148,25 +165,31 @@ def test_a_data_loader_worker_that_dies_is_a_clear_error_not_a_hang(tmp_path, mo
     assert "DataLoader worker" in err  # torch says "killed by signal" or "exited unexpectedly"
 
 
-def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_nan_loss_under_mixed_precision_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, amp,
+                                                                                 dtype):  # fmt: skip
     from vitlab.train.tasks.classification import ClassificationTask
 
     data = write_mnist(tmp_path / "data")
     real, calls = ClassificationTask.loss, [0]
 
-    def loss(self, module, images, labels, amp):
+    def loss(self, module, images, labels, autocast):
         calls[0] += 1
-        assert isinstance(amp, torch.autocast) and amp.fast_dtype == torch.bfloat16  # the step runs under bf16
-        value = real(self, module, images, labels, amp)
+        assert isinstance(autocast, torch.autocast) and autocast.fast_dtype == dtype  # the step runs in it
+        value = real(self, module, images, labels, autocast)
         return value * float("nan") if calls[0] == 6 else value
 
     monkeypatch.setattr(ClassificationTask, "loss", loss)
     run = tmp_path / "run"
-    assert main(train_args(data, run, "--amp", "bf16", "--device", "cpu", epochs=3)) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "slower than float32 here" on CPUs without native bf16 / fp16
+        assert main(train_args(data, run, "--amp", amp, "--device", "cpu", epochs=3)) == 3
     err = capsys.readouterr().err
     assert "the loss became nan at step 6 (epoch 2, batch 2 of 4)" in err
     assert f"the last good checkpoint is {run / 'checkpoint-last.pt'} (epoch 1)" in err
     assert position(run / "checkpoint-last.pt") == (1, 0) and not (run / "model.safetensors").exists()
+    scaler = torch.load(run / "checkpoint-last.pt", weights_only=True).get("scaler")
+    assert (scaler is not None and scaler["scale"] > 0) == (amp == "fp16")  # float16 trains with a loss scaler
 
 
 def torchrun(args: list[str], env: dict, timeout: float) -> tuple[int, str, float]:

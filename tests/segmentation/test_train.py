@@ -4,10 +4,6 @@ schedule, the head's learning rate, SGD, two processes, and classification optio
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.helpers import run_two_processes
 from tests.segmentation import toy
 from tests.segmentation.data import train_args, write_folder
 from vitlab.cli import main
@@ -156,25 +153,8 @@ def test_two_processes_sum_the_confusion_matrices_exactly(registered, tmp_path):
     settings = ["--model-args", '{"norm": false}', "--ratio-range", "1", "1", "--hflip", "0", "--no-photometric",
                 "--img-size", "20", "--crop-size", "20"]  # fmt: skip
     double = tmp_path / "double"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(Path(__file__).with_name("ddp_worker.py")), *train_args(data, double, *settings, epochs=2, batch=4),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        # torchrun starts each worker in its own session: SIGTERM lets it stop them, SIGKILL would orphan them.
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    worker = Path(__file__).with_name("ddp_worker.py")
+    stdout, _ = run_two_processes(worker, train_args(data, double, *settings, epochs=2, batch=4), timeout=600)
     assert "2 process(es)" in stdout
     summary = json.loads((double / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["test_images"] == 7  # 4 images on one process, 3 on the other

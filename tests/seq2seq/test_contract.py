@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import vitlab
-from tests.helpers import count_saved_tensors
+from tests.helpers import assert_state_dict_round_trip, count_saved_tensors
 from vitlab.checkpoint import CheckpointError, load_checkpoint
 from vitlab.layers.attention import AttentionLayer
 from vitlab.registry import get_entry
@@ -108,15 +108,12 @@ def test_capture_attention_records_every_attention_layer(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_and_block_order(name):
-    model = tiny(name).eval()
+    model = tiny(name)
     other = tiny(name, **({"dropout": 0.0} if not name.startswith(("gru", "lstm")) else {}))
     torch.manual_seed(5)
     for p in other.parameters():
         nn.init.normal_(p)
-    other.load_state_dict(model.state_dict())
-    src, tgt = inputs(model)
-    with torch.no_grad():
-        assert torch.equal(other.eval()(src, tgt), model(src, tgt))
+    assert_state_dict_round_trip(model, other, *inputs(model))
     names = [n for n, _ in model.named_parameters()]
     order = [n for group in model.block_order() for n in group]
     assert sorted(order) == sorted(names) and len(order) == len(set(order))

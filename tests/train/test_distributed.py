@@ -11,16 +11,12 @@ is DeiT-like (0.99): an EMA that drifted apart between processes would show.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import assert_same_weights
+from tests.helpers import assert_same_weights, run_two_processes
 from tests.train.tiny import TINY_VIT, train_args, write_mnist
 from vitlab.cli import main
 
@@ -32,22 +28,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert main(train_args(data, single, *settings, epochs=2, batch=16)) == 0
 
     double = tmp_path / "double"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(Path(__file__).with_name("ddp_worker.py")), *train_args(data, double, *settings, epochs=2, batch=16),
-    ]  # fmt: skip
-    # Its own session, so that a hang kills torchrun's workers too, not just torchrun.
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    worker = Path(__file__).with_name("ddp_worker.py")
+    stdout, _ = run_two_processes(worker, train_args(data, double, *settings, epochs=2, batch=16), timeout=240)
     assert "2 process(es)" in stdout
 
     # Every process holds the same EMA (and model) weights, bit for bit: they started from the same

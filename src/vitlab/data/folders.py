@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from vitlab.data.arrays import ArrayDataset, DatasetError, guard_workers
-from vitlab.data.images import IMAGE_SUFFIXES, BadImageError, load_image
+from vitlab.data.images import IMAGE_SUFFIXES, SKIP_HINT, BadImageError, load_image
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -48,7 +48,7 @@ def load_fixed_size(path: Path, size: int) -> Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """The image files of `folder`, by suffix. Links that lead nowhere (dangling, looping) are kept, so
     that reading them names them as bad images instead of their silently disappearing from the data."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
@@ -72,7 +72,7 @@ def scan_class_folders(root: Path, classes: Sequence[str] | None = None) -> tupl
             )
     files, labels = [], []
     for name in found:
-        images = _list_images(root / name)
+        images = list_images(root / name)
         if not images:
             raise DatasetError(f"class folder {root / name} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
         files += images
@@ -220,7 +220,7 @@ def materialize(
     for index, (image, error) in enumerate(items):
         if error is not None:
             if not skip_bad:
-                raise BadImageError(dataset.files[index], error + " (pass --skip-bad-images to skip such files)")
+                raise BadImageError(dataset.files[index], error + SKIP_HINT)
             bad.append(str(dataset.files[index]))
             continue
         good.append(index)

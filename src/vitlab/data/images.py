@@ -22,6 +22,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 # = ...) to read larger scans.
 MAX_IMAGE_PIXELS = 89_478_485
 
+# Added to the error about the first bad file where the command could leave such files out instead.
+SKIP_HINT = " (pass --skip-bad-images to skip such files)"
+
 
 class BadImageError(ValueError):
     """An image file that cannot be decoded; `path` names it."""

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vitlab.data.arrays import guard_workers
 from vitlab.data.datasets import ArrayDataset, ImageFolderDataset, load_fixed_size
-from vitlab.data.images import BadImageError
+from vitlab.data.images import SKIP_HINT, BadImageError
 
 Dataset = ArrayDataset | ImageFolderDataset
 
@@ -103,7 +103,7 @@ def load(
     )
     for images, labels, errors in guard_workers(loader, dataset.source):
         if errors and skipped is None:
-            raise BadImageError(errors[0][0], errors[0][1] + " (pass --skip-bad-images to skip such files)")
+            raise BadImageError(errors[0][0], errors[0][1] + SKIP_HINT)
         if errors:
             skipped += [path for path, _ in errors]
         if images is not None:

@@ -33,7 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from vitlab.data.arrays import DatasetError, guard_workers
-from vitlab.data.images import IMAGE_SUFFIXES, load_image
+from vitlab.data.folders import list_images
+from vitlab.data.images import IMAGE_SUFFIXES, SKIP_HINT, load_image
 from vitlab.data.seg_layouts import LAYOUTS
 from vitlab.segmentation.base import IGNORE_INDEX
 
@@ -213,42 +214,62 @@ def _as_is(item):
     return item
 
 
+def named_file(pair: tuple[Path, Path], error: str) -> str:
+    """The file of an image/mask pair that `error` is about: the mask when it names the mask, else the image."""
+    return str(pair[1]) if str(pair[1]) in error else str(pair[0])
+
+
 def eval_items(
-    dataset: SegmentationDataset, rank: int = 0, world_size: int = 1, workers: int = 0
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every `world_size`-th pair from `rank` on, at evaluation scale, one at a time."""
+    dataset: SegmentationDataset, rank: int = 0, world_size: int = 1, workers: int = 0,
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:  # fmt: skip
+    """Every `world_size`-th pair from `rank` on, at evaluation scale, one at a time. An unreadable
+    pair raises DatasetError naming the file, or with a `skipped` list is left out and its file appended."""
     indices = list(range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(_Items(dataset, "eval"), indices), batch_size=None, num_workers=workers
     )
-    for image, mask, error in loader:
+    for index, (image, mask, error) in zip(indices, loader, strict=True):
+        if error and skipped is None:
+            raise DatasetError(error + SKIP_HINT)
         if error:
-            raise DatasetError(error)
+            skipped.append(named_file(dataset.pairs[index], error))
+            continue
         yield image, mask
 
 
-def check_and_load(dataset: SegmentationDataset, workers: int, keep: bool, max_bytes: int = 2 << 30):
-    """Decode every pair once (a bad mask is named now, not hours later); with `keep`, and when it fits
-    in `max_bytes`, return the letterboxed pairs in memory."""
+def check_and_load(
+    dataset: SegmentationDataset, workers: int, keep: bool, skip_bad: bool = False, max_bytes: int = 2 << 30
+) -> tuple[SegmentationDataset, list[str]]:
+    """Decode every pair once (a bad image or mask is named now, not hours later); with `keep`, and when
+    it fits in `max_bytes`, hold the letterboxed pairs in memory. With `skip_bad`, unreadable pairs are
+    left out instead: returns the dataset of the good pairs and the files at fault."""
     if dataset.in_memory:
-        return dataset
+        return dataset, []
     side = dataset.size[0]
     keep = keep and len(dataset) * 4 * side * side <= max_bytes
     loader = torch.utils.data.DataLoader(
         _Items(dataset, "train"), batch_size=None, num_workers=workers, collate_fn=_as_is
     )
-    images, masks = [], []
-    for image, mask, error in loader:
+    images, masks, good, skipped = [], [], [], []
+    for index, (image, mask, error) in enumerate(loader):
+        if error and not skip_bad:
+            raise DatasetError(error + SKIP_HINT)
         if error:
-            raise DatasetError(error)
+            skipped.append(named_file(dataset.pairs[index], error))
+            continue
+        good.append(index)
         if keep:
             images.append(image)
             masks.append(mask)
-    if not keep:
-        return dataset
-    return SegmentationDataset(
-        dataset.classes, dataset.source, side, images=torch.stack(images), masks=torch.stack(masks)
-    )
+    if not good:
+        raise DatasetError(
+            f"no readable image/mask pair in {dataset.source} ({len(skipped)} skipped: {skipped[0]}, ...)"
+        )
+    if keep:
+        images, masks = torch.stack(images), torch.stack(masks)
+        return SegmentationDataset(dataset.classes, dataset.source, side, images=images, masks=masks), skipped
+    return (dataset.subset(torch.tensor(good), dataset.source) if skipped else dataset), skipped
 
 
 def class_names_file(root: Path) -> list[str] | None:
@@ -269,7 +290,7 @@ def folder_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise DatasetError(f"{folder} does not exist (expected {split_dir}/images and {split_dir}/masks)")
-    images = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_images(images_dir)  # links that lead nowhere kept: reading them names them
     if not images:
         raise DatasetError(f"{images_dir} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     pairs = []
@@ -282,9 +303,13 @@ def folder_pairs(split_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def largest_label(pairs: Sequence[tuple[Path, Path]]) -> int:
+    """The largest class label of the masks that can be read (an unreadable one is named when it is used)."""
     top = 0
     for _, mask_path in pairs:
-        mask = read_mask(mask_path)
+        try:
+            mask = read_mask(mask_path)
+        except DatasetError:
+            continue
         valid = mask[mask != IGNORE_INDEX]
         top = max(top, int(valid.max()) if valid.size else 0)
     return top

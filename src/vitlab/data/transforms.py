@@ -90,7 +90,7 @@ def stream_files(
     that cannot be read raises BadImageError naming it, or with a `skipped` list is left out and
     its path appended.
     """
-    from vitlab.data.images import BadImageError
+    from vitlab.data.images import SKIP_HINT, BadImageError
 
     preprocess = EvalPreprocess(img_size, mean, std, channels)
     loader = torch.utils.data.DataLoader(
@@ -101,7 +101,7 @@ def stream_files(
         good = [(path, image) for path, image, _ in items if image is not None]
         for path, _, error in items:
             if error is not None and skipped is None:
-                raise BadImageError(path, error + " (pass --skip-bad-images to skip such files)")
+                raise BadImageError(path, error + SKIP_HINT)
             if error is not None:
                 skipped.append(path)
         if good:

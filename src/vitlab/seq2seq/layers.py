@@ -76,13 +76,19 @@ class EncoderDecoderAttention(AttentionLayer):
 class EncoderLayer(nn.Module):
     """Self-attention, then a position-wise feed-forward network, max(0, x W1 + b1) W2 + b2 (eq. 2)."""
 
+    cross_attention = False  # the decoder's layer adds attention over the encoder's output
+
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1, attn_dropout: float = 0.0,
                  norm_first: bool = False, eps: float = 1e-5):  # fmt: skip
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = EncoderDecoderAttention(dim, num_heads, attn_dropout=attn_dropout)
+        if self.cross_attention:
+            self.cross_attn = EncoderDecoderAttention(dim, num_heads, attn_dropout=attn_dropout)
         self.mlp = Mlp(dim, ffn_dim, act_layer=nn.ReLU, drop=dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        if self.cross_attention:
+            self.norm3 = nn.LayerNorm(dim, eps=eps)
         self.drop = nn.Dropout(dropout)
 
     def sublayer(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
@@ -94,20 +100,10 @@ class EncoderLayer(nn.Module):
         return self.sublayer(x, self.norm2, self.mlp)  # the Mlp's second dropout is the residual dropout
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(EncoderLayer):
     """Causal self-attention, attention over the encoder's output, then the feed-forward network (section 3.1)."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1, attn_dropout: float = 0.0,
-                 norm_first: bool = False, eps: float = 1e-5):  # fmt: skip
-        super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = EncoderDecoderAttention(dim, num_heads, attn_dropout=attn_dropout)
-        self.cross_attn = EncoderDecoderAttention(dim, num_heads, attn_dropout=attn_dropout)
-        self.mlp = Mlp(dim, ffn_dim, act_layer=nn.ReLU, drop=dropout)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(dim, eps=eps) for _ in range(3))
-        self.drop = nn.Dropout(dropout)
-
-    sublayer = EncoderLayer.sublayer
+    cross_attention = True
 
     def forward(
         self,

@@ -131,12 +131,23 @@ def draw_cross_attention(
     plt.close(fig)
 
 
-def predict_strips(model: ImageToSequence, paths: list[str], draw: str | None) -> list[list[str]]:
+def predict_strips(
+    model: ImageToSequence, paths: list[str | Path], draw: str | None, skipped: list[str] | None = None
+) -> list[list[str]]:
     """Print the labels of each strip; with `draw`, write the cross-attention picture(s) there
-    (`draw` itself for one strip, `<stem>-<i><suffix>` for several)."""
+    (`draw` itself for one strip, `<stem>-<i><suffix>` for several). A strip file that cannot be read
+    raises BadImageError naming it, or with a `skipped` list is left out and appended."""
+    from vitlab.data.images import SKIP_HINT, BadImageError
+
     results = []
     for i, path in enumerate(paths):
-        x = load_strip(path, model)
+        try:
+            x = load_strip(path, model)
+        except BadImageError as err:
+            if skipped is None:
+                raise BadImageError(err.path, err.reason + SKIP_HINT) from err
+            skipped.append(str(path))
+            continue
         tokens, attention = read_strip(model, x)
         labels = label_names(model, tokens)
         print(f"{path}: {' '.join(l for l in labels if l != '<end>')}")

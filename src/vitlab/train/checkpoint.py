@@ -7,6 +7,7 @@ lists and dicts only. Random states become tensors.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import random
@@ -16,6 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 
 class RunWriteError(RuntimeError):
@@ -69,9 +75,23 @@ def _write_error(path: Path, size: int, err: OSError) -> RunWriteError:
     kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
     reason = err.strerror or str(err)
     return RunWriteError(
-        f"could not write {path} ({size / 2**20:.1f} MiB): {reason}; {kept}. Free space (or fix the "
-        "file system) and rerun the same command with --resume to continue from the last checkpoint"
+        f"could not write {path} ({size / 2**20:.1f} MiB): {reason}; {kept}. {_remedy(err, size)} and rerun the "
+        "same command with --resume to continue from the last checkpoint"
     )
+
+
+def _remedy(err: OSError, size: int) -> str:
+    """What to change for the write to succeed, by the reason it failed."""
+    if err.errno == errno.EFBIG:  # the process's file-size limit (ulimit -f) or the file system's largest file
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+        if limit is not None and limit != resource.RLIM_INFINITY and limit < size:
+            return f"This process may write files of at most {limit:,} bytes (ulimit -f): raise that limit"
+        return "The file system or a limit on this process refuses files this large: write to another place"
+    if err.errno == errno.EDQUOT:
+        return "Raise the quota (or free space under it)"
+    if err.errno == errno.EROFS:
+        return "Make the file system writable (or write to another --output)"
+    return "Free space (or fix the file system)"
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

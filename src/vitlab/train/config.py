@@ -99,7 +99,7 @@ class TrainConfig:
     patch_contrastive: float = 0.0
     patch_mixing: float = 0.0
     # Machinery.
-    amp: str = "auto"  # auto (bf16 where the hardware runs it natively, else float32), none, bf16, fp16 (GPU)
+    amp: str = "auto"  # auto (bf16 where the hardware runs it natively, else float32), none, bf16, fp16
     grad_checkpointing: bool = False
     channels_last: bool = False  # NHWC memory format: faster convolutions (e.g. convolutional stems) on CPU
     compile: bool = False  # torch.compile (inductor) the training forward and backward; evaluation runs eagerly

@@ -22,7 +22,7 @@ from vitlab.train.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, mak
 from vitlab.train.distributed import DistInfo, init_distributed, peers_watched, shutdown
 from vitlab.train.ema import ModelEma
 from vitlab.train.loop import Run, fit
-from vitlab.train.precision import autocast, resolve_amp
+from vitlab.train.precision import autocast, loss_scaler, resolve_amp
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import TrainState
 from vitlab.train.tasks import Task
@@ -76,7 +76,7 @@ def prepare(config: TrainConfig, resume: bool, info: DistInfo, threads: int | No
         build_optimizer(config, model, task.extra_module, info.device),
         task.extra_module,
         ModelEma(model, config.ema_decay) if config.ema else None,
-        torch.amp.GradScaler("cuda") if amp == "fp16" else None,
+        loss_scaler(amp, info.device),
         skipped_images=skipped,
     )
     if saved is not None:
@@ -123,8 +123,8 @@ def task_data(config: TrainConfig, entry: Any, info: DistInfo, progress: bool, l
     the evaluation scale and trained on crops (segmentation), strips of images (sequence-to-sequence),
     or images."""
     if entry.task == "semantic-segmentation":
-        data, img_size, crop = load_segmentation_data(config, entry, info, log)
-        return data, img_size, [], crop
+        data, img_size, crop, skipped = load_segmentation_data(config, entry, info, log)
+        return data, img_size, skipped, crop
     data, img_size, skipped = load_data(config, entry, info, progress, log)
     if entry.task == "sequence-to-sequence":  # the images become strips, their labels sequences
         from vitlab.train.tasks.seq2seq import strip_splits

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vitlab.checkpoint import inspect_checkpoint
+from vitlab.data.arrays import DatasetError
 from vitlab.data.seg_augment import SegmentationPreprocess
 from vitlab.registry import UnknownModelError, create_model, get_entry
 from vitlab.segmentation.inference import segment
@@ -94,9 +95,12 @@ def evaluate_segmentation(
     workers: int = 2,
     progress: bool = False,
     amp: str = "auto",
+    skip_bad: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
-    """mIoU, mAcc, aAcc and the per-class table of a checkpoint on a split (default: val)."""
+    """mIoU, mAcc, aAcc and the per-class table of a checkpoint on a split (default: val). With
+    `skip_bad`, pairs whose image or mask cannot be read are left out and their files listed under
+    "skipped" (else the first one is an error naming it)."""
     from vitlab.data.seg_demo import demo_segmentation
     from vitlab.data.segmentation import find_segmentation_data
     from vitlab.train.tasks.segmentation import SEG_DEMO, SegmentationEvaluator
@@ -118,19 +122,31 @@ def evaluate_segmentation(
     pre = model.entry.preprocess
     inference = inference_options(scale=scale, **options)
     evaluator = SegmentationEvaluator(
-        SegmentationPreprocess(pre.mean, pre.std).to(info.device), batch_size, info, workers, progress, **inference
-    )
+        SegmentationPreprocess(pre.mean, pre.std).to(info.device), batch_size, info, workers, progress, skip_bad,
+        **inference,
+    )  # fmt: skip
     metrics = evaluator(model, dataset, autocast(resolve_amp(amp, info.device), info.device), f"evaluating {split}")
     table = per_class_table(evaluator.last, dataset.classes)
-    return {**metrics, "table": table, "images": len(dataset), "split": split, "model": model.entry.name}
+    skipped = evaluator.skipped or []
+    if len(skipped) == len(dataset):
+        raise DatasetError(
+            f"no readable image/mask pair in {dataset.source} ({len(skipped)} skipped: {skipped[0]}, ...)"
+        )
+    images = len(dataset) - len(skipped)
+    return {**metrics, "table": table, "images": images, "skipped": skipped, "split": split, "model": model.entry.name}
 
 
 def predict_segmentation(
-    model: nn.Module, paths: Sequence[str], output: str | Path, img_size: int | None = None
-) -> list[tuple[Path, Path, dict[str, float]]]:
+    model: nn.Module,
+    paths: Sequence[str | Path],
+    output: str | Path,
+    img_size: int | None = None,
+    skipped: list[str] | None = None,
+) -> list[tuple[Path, Path, Path, dict[str, float]]]:
     """For each image: `<output>/<stem>_mask.png` (palette PNG of class indices) and `<stem>_overlay.png`;
-    returns the two paths and the share of the image each class covers (in percent)."""
-    from vitlab.data.images import load_image
+    returns the image, the two paths and the share of the image each class covers (in percent). An
+    unreadable image raises BadImageError naming it, or with a `skipped` list is left out and appended."""
+    from vitlab.data.images import SKIP_HINT, BadImageError, load_image
     from vitlab.data.segmentation import rescale_long_side
     from vitlab.segmentation.visualize import overlay_figure, save_palette_png
 
@@ -142,7 +158,14 @@ def predict_segmentation(
     names = list(model.class_names)
     results = []
     for path in paths:
-        image = torch.from_numpy(np.asarray(load_image(path), dtype=np.uint8).copy()).permute(2, 0, 1)
+        try:
+            decoded = load_image(path)
+        except BadImageError as err:
+            if skipped is None:
+                raise BadImageError(err.path, err.reason + SKIP_HINT) from err
+            skipped.append(str(path))
+            continue
+        image = torch.from_numpy(np.asarray(decoded, dtype=np.uint8).copy()).permute(2, 0, 1)
         with torch.inference_mode():
             probs = segment(model, preprocess(rescale_long_side(image, scale)[None]), tuple(image.shape[-2:]))
         mask = probs.argmax(dim=1)[0].numpy().astype(np.uint8)
@@ -153,5 +176,5 @@ def predict_segmentation(
         overlay_path.write_bytes(overlay_figure(picture, mask, names, f"{model.entry.name}: {Path(path).name}"))
         counts = np.bincount(mask.ravel(), minlength=len(names))
         shares = {names[k]: 100.0 * counts[k] / mask.size for k in np.argsort(-counts) if counts[k]}
-        results.append((mask_path, overlay_path, shares))
+        results.append((Path(path), mask_path, overlay_path, shares))
     return results

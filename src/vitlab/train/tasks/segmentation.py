@@ -50,16 +50,18 @@ class SegmentationEvaluator:
     """Loss and the confusion-matrix metrics of a model on a dataset, with the chosen inference."""
 
     def __init__(
-        self, preprocess: nn.Module, batch_size: int, info: DistInfo, workers: int, progress: bool, **inference: Any
-    ):
+        self, preprocess: nn.Module, batch_size: int, info: DistInfo, workers: int, progress: bool,
+        skip_bad: bool = False, **inference: Any,
+    ):  # fmt: skip
         self.preprocess, self.batch_size, self.info = preprocess, batch_size, info
         self.workers, self.progress, self.inference = workers, progress, inference
         self.last: SegmentationScores | None = None
+        self.skipped: list[str] | None = [] if skip_bad else None  # unreadable files left out (skip_bad)
 
     def batches(self, dataset: SegmentationDataset):
         """Consecutive pairs of one image size, up to `batch_size` at a time."""
         group: list[tuple[Tensor, Tensor]] = []
-        for image, mask in eval_items(dataset, self.info.rank, self.info.world_size, self.workers):
+        for image, mask in eval_items(dataset, self.info.rank, self.info.world_size, self.workers, self.skipped):
             if group and (len(group) == self.batch_size or group[0][0].shape != image.shape
                           or group[0][1].shape != mask.shape):  # fmt: skip
                 yield torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group])
@@ -168,10 +170,11 @@ def check_segmentation_config(config: TrainConfig) -> None:
 SEG_DEMO = "seg-demo"
 
 
-def load_segmentation_data(config: TrainConfig, entry: Any, info: DistInfo, log) -> tuple[Any, int, int]:
-    """The splits (checked: every mask decoded once before training), the side pairs are stored at
-    (`--img-size`; the demo's 64, else the model's input size) and the training crop (`--crop-size`,
-    default that side). `--data seg-demo` (or classification's default `demo`) is the built-in data;
+def load_segmentation_data(config: TrainConfig, entry: Any, info: DistInfo, log) -> tuple[Any, int, int, list[str]]:
+    """The splits (checked: every pair decoded once before training), the side pairs are stored at
+    (`--img-size`; the demo's 64, else the model's input size), the training crop (`--crop-size`,
+    default that side) and the files of the pairs left out as unreadable (`--skip-bad-images`, which
+    always runs the check). `--data seg-demo` (or classification's default `demo`) is the built-in data;
     with `--data-dir DIR` it reads DIR as an image/mask folder instead, so the demo recipe runs
     unchanged on one."""
     from vitlab.data.datasets import DataSplits
@@ -183,13 +186,18 @@ def load_segmentation_data(config: TrainConfig, entry: Any, info: DistInfo, log)
     if name.lower() in (SEG_DEMO, "demo") and config.data_dir:  # a recipe for the demo, on the user's folder
         name = config.data_dir
     demo = name.lower() in (SEG_DEMO, "demo")
+    skipped: list[str] = []
     size = config.img_size or (SIDE if demo else entry.preprocess.img_size)
     if demo:
         splits = {"train": demo_segmentation("train"), "val": demo_segmentation("val")}
     else:
         splits = find_segmentation_data(name, config.data_dir, size)
-        if config.check_images:
-            splits = {k: check_and_load(split, config.workers, keep=k == "train") for k, split in splits.items()}
+        if config.check_images or config.skip_bad_images:  # skipping needs the check: it finds the bad pairs
+            for k, split in splits.items():
+                splits[k], bad = check_and_load(
+                    split, config.workers, keep=k == "train", skip_bad=config.skip_bad_images
+                )
+                skipped += bad
     train, val = splits["train"], splits["val"]
     notes = [] if "test" in splits else ["the validation split is also the test split"]
     data = DataSplits(train, val, splits.get("test", val), train.classes, SEG_DEMO if demo else name, notes)
@@ -202,7 +210,9 @@ def load_segmentation_data(config: TrainConfig, entry: Any, info: DistInfo, log)
         raise ConfigError(
             f"batch size {config.batch_size} is larger than the training set ({len(train)} images of {data.name})"
         )
-    return data, size, config.crop_size or size
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image/mask pairs (see summary.json)")
+    return data, size, config.crop_size or size, skipped
 
 
 def draw_predictions(task: SegmentationTask, model: nn.Module, dataset: SegmentationDataset, path, count: int = 6):
