@@ -30,6 +30,9 @@ STATIC_SHAPES: dict[str, str] = {
     "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
     "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
     "ConViT": _PYTHON_PLAN.format(what="GPSA's patch offsets are"),
+    "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
+    "is built from the image size as Python integers",
+    "SASAResNet": _PYTHON_PLAN.format(what="masks of the neighbourhood positions inside the map are"),
     "Segmenter": "its decoders reshape the tokens to a patch grid computed with math.ceil from the image size, "
     "a Python integer in a traced graph",
 }
@@ -44,12 +47,7 @@ _ADAPTIVE_POOL = (
 )
 
 # Families that do not export to ONNX at all, and why (`onnx_limit` adds the reasons of options).
-NO_ONNX: dict[str, str] = {
-    "SASAResNet": "torch.onnx's TorchScript exporter cannot export the Unfold that gathers its neighbourhoods "
-    "('input size not accessible'), even at a fixed size",
-    "PSViT": "its number of sampling points is rounded from the image size with Python's round(), which "
-    "the ONNX tracer's symbolic sizes do not support",
-}
+NO_ONNX: dict[str, str] = {}
 _FFT = "its global filters (torch.fft.rfft2 / irfft2) have no export in torch.onnx's TorchScript exporter"
 
 
