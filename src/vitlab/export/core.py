@@ -48,13 +48,10 @@ _ADAPTIVE_POOL = (
 
 # Families that do not export to ONNX at all, and why (`onnx_limit` adds the reasons of options).
 NO_ONNX: dict[str, str] = {}
-_FFT = "its global filters (torch.fft.rfft2 / irfft2) have no export in torch.onnx's TorchScript exporter"
 
 
 def onnx_limit(model: nn.Module) -> str | None:
     """Why `model` cannot be exported to ONNX at all; None when it can."""
-    if any(type(module).__name__ == "GlobalLocalFilter" for module in model.modules()):
-        return _FFT
     return NO_ONNX.get(family(model))
 
 
