@@ -33,8 +33,6 @@ STATIC_SHAPES: dict[str, str] = {
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
     "SASAResNet": _PYTHON_PLAN.format(what="masks of the neighbourhood positions inside the map are"),
-    "Segmenter": "its decoders reshape the tokens to a patch grid computed with math.ceil from the image size, "
-    "a Python integer in a traced graph",
 }
 # The families whose graphs keep every axis fixed, batch included, and why.
 STATIC_ALL: dict[str, str] = {
