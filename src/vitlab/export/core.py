@@ -29,7 +29,6 @@ STATIC_SHAPES: dict[str, str] = {
     "PaleTransformer": _PYTHON_PLAN.format(what="pale plans (padding, masks, pale indices) are"),
     "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
     "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
-    "ConViT": _PYTHON_PLAN.format(what="GPSA's patch offsets are"),
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
     "SASAResNet": _PYTHON_PLAN.format(what="masks of the neighbourhood positions inside the map are"),
