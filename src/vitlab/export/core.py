@@ -31,7 +31,6 @@ STATIC_SHAPES: dict[str, str] = {
     "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
-    "SASAResNet": _PYTHON_PLAN.format(what="masks of the neighbourhood positions inside the map are"),
 }
 # The families whose graphs keep every axis fixed, batch included, and why.
 STATIC_ALL: dict[str, str] = {
