@@ -24,7 +24,8 @@ class ExportError(ValueError):
 # tests export every family and check that exactly these are static, with these messages.
 _PYTHON_PLAN = "its {what} built from the map size as Python integers, so a traced graph holds those of the traced size"
 STATIC_SHAPES: dict[str, str] = {
-    "SwinTransformer": _PYTHON_PLAN.format(what="window plans (padding, shift masks, window indices) are"),
+    "SwinTransformer": _PYTHON_PLAN.format(what="window plans (padding, shift masks, window indices) are")
+    + "; the window itself depends on the size (a side no longer than the window is one unshifted window)",
     "CSWinTransformer": _PYTHON_PLAN.format(what="stripe plans (padding, masks, stripe indices) are"),
     "PaleTransformer": _PYTHON_PLAN.format(what="pale plans (padding, masks, pale indices) are"),
     "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
@@ -42,7 +43,8 @@ _ADAPTIVE_POOL = (
     "when torch.onnx traces it, and a map whose sides are multiples of 7 (as at 224x224)"
 )
 
-# Families that do not export to ONNX at all, and why (`onnx_limit` adds the reasons of options).
+# Families that do not export to ONNX at all, and why: none at present (SASA, PS-ViT and HorNet with global
+# filters were here until their layers were made traceable; docs/export.md).
 NO_ONNX: dict[str, str] = {}
 
 
