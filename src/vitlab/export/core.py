@@ -218,11 +218,14 @@ class ExportResult:
     static_reason: str | None
     errors: dict[str, float]
     seconds: float = 0.0
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)  # torch.export: (min, max) of each varying axis
 
     def describe(self) -> str:
         lines = [f"wrote {self.path} ({self.format}, traced at {self.size[0]}x{self.size[1]}, {self.seconds:.1f} s)"]
         axes = sorted({axis for spec in self.dynamic_axes.values() for axis in spec.values()})
         lines.append(f"  dynamic axes: {', '.join(axes) if axes else 'none'}")
+        for axis, (low, high) in self.ranges.items():
+            lines.append(f"  {('batch', 'channels', 'height', 'width')[axis]} accepted from {low} to {high}")
         if self.static_reason:
             lines.append(f"  height and width are fixed: {self.static_reason}")
         for check, err in self.errors.items():
