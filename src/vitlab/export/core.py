@@ -225,7 +225,8 @@ class ExportResult:
         axes = sorted({axis for spec in self.dynamic_axes.values() for axis in spec.values()})
         lines.append(f"  dynamic axes: {', '.join(axes) if axes else 'none'}")
         for axis, (low, high) in self.ranges.items():
-            lines.append(f"  {('batch', 'channels', 'height', 'width')[axis]} accepted from {low} to {high}")
+            upto = f" to {high}" if high < 2**31 else ""  # 2**31 stands for no upper bound
+            lines.append(f"  {('batch', 'channels', 'height', 'width')[axis]} accepted from {low}{upto}")
         if self.static_reason:
             lines.append(f"  height and width are fixed: {self.static_reason}")
         for check, err in self.errors.items():
