@@ -164,7 +164,10 @@ def export_onnx(
 
 
 def checks_for(
-    size: tuple[int, int], dynamic_axes: dict[str, dict[int, str]], asked: tuple[int, int] | None = None
+    size: tuple[int, int],
+    dynamic_axes: dict[str, dict[int, str]],
+    asked: tuple[int, int] | None = None,
+    least_batch: int = 1,
 ) -> list[tuple[int, tuple[int, int]]]:
     """The (batch, size) pairs a graph traced at `size` is checked at: the traced batch and size, another
     batch where it varies, and where the sides vary the size asked for (when the trace was made at
@@ -174,7 +177,7 @@ def checks_for(
     if "batch" in axes:
         checks.append((3, size))
     if "height" in axes:
-        checks.append((1, asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)))
+        checks.append((least_batch, asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)))
     return checks
 
 
@@ -215,11 +218,12 @@ def compare_at_checks(
     name: str,
     run: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]],
     runner: str,
+    least_batch: int = 1,
 ) -> dict[str, float]:
     """Max relative error of `run` (an exported graph) against `model` at each of `checks_for(size, axes,
     asked)`; ExportError naming `runner` and the check where it cannot run or differs by more than TOLERANCE."""
     errors = {}
-    for batch, at in checks_for(size, axes, asked):
+    for batch, at in checks_for(size, axes, asked, least_batch):
         inputs = sig.with_batch(batch, model, None if at == size else at)
         label = f"batch {batch} at {at[0]}x{at[1]}"
         with torch.no_grad():
