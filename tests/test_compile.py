@@ -111,6 +111,21 @@ def test_new_input_sizes_reuse_the_dynamic_graph(name):
     assert counter.frame_count == 2
 
 
+def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph():
+    """SASA's neighbourhoods (a grouping with a plan per map size): the second size compiles one graph with
+    symbolic sides, which the third and fourth reuse. (Measured: axial26s compiles once per size, 4 graphs
+    for 4 sizes; Swin's second compilation did not finish in 9.5 minutes; docs/export.md.)"""
+    model = tiny("sasa_resnet26")
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for size in [(32, 32), (48, 48), (40, 56), (64, 40)]:
+        x = example_inputs(model, size)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
 def test_train_compile_runs_the_same_step_compiled(tmp_path):
     from tests.train.test_wiring import first_batch, prepared
 
