@@ -98,8 +98,8 @@ def test_inductor_compiles_to_the_same_outputs_and_gradients(name):
 def test_new_input_sizes_reuse_the_dynamic_graph(name):
     """The first size compiles a static graph, the second one graph with symbolic sides, which the third reuses.
 
-    (The grouped-attention families, Swin, CSWin, Pale, axial, SASA, still compile once per map size:
-    their plans are built from the concrete size; docs/benchmarks.md.)"""
+    (Swin, CSWin, Pale and axial still compile once per map size: their plans are built from the concrete
+    size; docs/benchmarks.md. SASA does not: the test below.)"""
     model = tiny(name)
     counter = CompileCounter()
     torch._dynamo.reset()
