@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitlab.layers.attention import explicit_attention
+from vitlab.layers.dft import fft_for_counting
 from vitlab.registry import get_entry
 
 
@@ -41,15 +42,16 @@ def count_macs(
 
     Papers call these "FLOPs". Attention runs through explicit matmuls while counting, so the
     q k^T and attention x v products are included (FLOP counters cannot see inside the fused
-    kernel). Matmuls, convolutions and FFTs are counted; norms, softmax, activations and elementwise
-    products are not. `inputs` replaces the image (sequence-to-sequence models: source and target).
+    kernel), and global filters as FFTs (`layers.dft.fft_for_counting`). Matmuls, convolutions and
+    FFTs are counted; norms, softmax, activations and elementwise products are not. `inputs`
+    replaces the image (sequence-to-sequence models: source and target).
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_FFT_FORMULAS)
-        with torch.no_grad(), explicit_attention(), counter:
+        with torch.no_grad(), explicit_attention(), fft_for_counting(), counter:
             model(*inputs) if inputs is not None else model(torch.zeros(1, *input_size, device=device))
     finally:
         model.train(was_training)

@@ -16,6 +16,7 @@ from vitlab.export.core import (
     default_size,
     dynamic_limit,
     flatten_outputs,
+    other_size,
     signature,
     traced_size,
 )
@@ -62,6 +63,29 @@ def symbolic_axes(program: torch.export.ExportedProgram, inputs: list[str]) -> d
     return axes
 
 
+def axis_ranges(program: torch.export.ExportedProgram, inputs: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
+    """The (min, max) torch.export allows for each symbolic input axis (its guards: e.g. no map side of 1)."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    ranges: dict[str, dict[int, tuple[int, int]]] = {}
+    for key, label in zip(program.graph_signature.user_inputs, inputs, strict=True):
+        for i, dim in enumerate(placeholders[key].meta["val"].shape):
+            bounds = program.range_constraints.get(dim.node.expr) if isinstance(dim, torch.SymInt) else None
+            if bounds is not None:
+                upper = int(bounds.upper) if bounds.upper < 2**31 else 2**31  # no upper bound: infinity
+                ranges.setdefault(label, {})[i] = (int(bounds.lower), upper)
+    return ranges
+
+
+def inside(size: tuple[int, int], ranges: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """`size` moved into the program's ranges for the height (axis 2) and width (axis 3), odd where it moved."""
+    out = list(size)
+    for side, axis in enumerate((2, 3)):
+        low, high = ranges.get(axis, (0, 2**31))
+        if not low <= out[side] <= high:
+            out[side] = min(max(out[side], low + (low % 2 == 0)), high)
+    return (out[0], out[1])
+
+
 def save_program(
     model: nn.Module,
     path: str | Path,
@@ -84,12 +108,18 @@ def save_program(
     seconds = time.perf_counter() - start
     axes = symbolic_axes(program, list(signature(model, size).inputs))
     spatial = any("height" in spec.values() for spec in axes.values())
+    if spatial:  # the second size is checked inside the sides torch.export allows (result.ranges)
+        ranges = axis_ranges(program, list(signature(model, size).inputs)).get("images", {})
+        asked = inside(asked if tuple(asked) != tuple(size) else other_size(size), ranges)
     reason = (
         (dynamic_limit(model) or "torch.export specialised the height and width") if dynamic and not spatial else None
     )
     result = ExportResult(path, "torch-export", size, axes, reason, {}, seconds)
+    if spatial:
+        result.ranges = ranges
     if verify:
-        result.errors = verify_program(path, model, size, axes, name, asked)
+        least_batch = result.ranges.get(0, (1, 0))[0]  # torch.export allows batches from 2 (0/1 specialisation)
+        result.errors = verify_program(path, model, size, axes, name, asked, least_batch)
     return result
 
 
@@ -100,8 +130,10 @@ def verify_program(
     axes: dict[str, dict[int, str]],
     name: str,
     asked: tuple[int, int] | None = None,
+    least_batch: int = 1,
 ) -> dict[str, float]:
     """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes)`."""
     module = torch.export.load(str(path)).module()
     run = lambda inputs: flatten_outputs(module(*inputs.values()))  # noqa: E731
-    return compare_at_checks(model, signature(model, size), size, axes, asked, name, run, "the reloaded program")
+    sig = signature(model, size)
+    return compare_at_checks(model, sig, size, axes, asked, name, run, "the reloaded program", least_batch)

@@ -80,9 +80,42 @@ def _antialiased_resize(mode: str):
     return symbolic
 
 
+def _unfold(g, x, dimension, size, step):
+    """The ONNX form of `Tensor.unfold(dimension, size, step)` for an input whose sizes are symbolic.
+
+    torch.onnx's own symbolic needs the size of the unfolded axis as a constant ("input size not
+    accessible" after a traced pad). Here the window starts come from the input's Shape at run time:
+    Gather with indices start_i + j (i < (L - size) // step + 1, j < size) along `dimension`, then
+    the window axis moved last, as unfold places it.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    dim, size, step = (
+        sh._get_const(dimension, "i", "dimension"),
+        sh._get_const(size, "i", "size"),
+        sh._get_const(step, "i", "step"),
+    )
+    rank = sh._get_tensor_rank(x)
+    if rank is None:
+        raise ExportError("cannot export Tensor.unfold of a tensor whose rank is unknown")
+    dim = dim % rank
+
+    def const(value):
+        return g.op("Constant", value_t=torch.tensor(value, dtype=torch.int64))
+
+    length = g.op("Gather", g.op("Shape", x), const(dim), axis_i=0)
+    count = g.op("Add", g.op("Div", g.op("Sub", length, const(size)), const(step)), const(1))
+    starts = g.op("Mul", g.op("Range", const(0), count, const(1)), const(step))
+    index = g.op("Add", g.op("Unsqueeze", starts, const([1])), const([list(range(size))]))
+    windows = g.op("Gather", x, index, axis_i=dim)  # (..., count, size, ...)
+    perm = [*range(dim + 1), *range(dim + 2, rank + 1), dim + 1]
+    return g.op("Transpose", windows, perm_i=perm)
+
+
 def _register_symbolics() -> None:
     torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _antialiased_resize("cubic"), OPSET)
     torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _antialiased_resize("linear"), OPSET)
+    torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, OPSET)
 
 
 def export_onnx(
@@ -131,7 +164,10 @@ def export_onnx(
 
 
 def checks_for(
-    size: tuple[int, int], dynamic_axes: dict[str, dict[int, str]], asked: tuple[int, int] | None = None
+    size: tuple[int, int],
+    dynamic_axes: dict[str, dict[int, str]],
+    asked: tuple[int, int] | None = None,
+    least_batch: int = 1,
 ) -> list[tuple[int, tuple[int, int]]]:
     """The (batch, size) pairs a graph traced at `size` is checked at: the traced batch and size, another
     batch where it varies, and where the sides vary the size asked for (when the trace was made at
@@ -141,7 +177,7 @@ def checks_for(
     if "batch" in axes:
         checks.append((3, size))
     if "height" in axes:
-        checks.append((1, asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)))
+        checks.append((least_batch, asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)))
     return checks
 
 
@@ -182,11 +218,12 @@ def compare_at_checks(
     name: str,
     run: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]],
     runner: str,
+    least_batch: int = 1,
 ) -> dict[str, float]:
     """Max relative error of `run` (an exported graph) against `model` at each of `checks_for(size, axes,
     asked)`; ExportError naming `runner` and the check where it cannot run or differs by more than TOLERANCE."""
     errors = {}
-    for batch, at in checks_for(size, axes, asked):
+    for batch, at in checks_for(size, axes, asked, least_batch):
         inputs = sig.with_batch(batch, model, None if at == size else at)
         label = f"batch {batch} at {at[0]}x{at[1]}"
         with torch.no_grad():

@@ -59,19 +59,24 @@ class PatchOffsets(Plan):
 
 
 def patch_offsets(size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The (N, N, 3) offsets of a grid of `size` = (rows, columns), from the shared plan cache."""
-    size, device = (int(size[0]), int(size[1])), torch.device(device)
+    """The (N, N, 3) offsets of a grid of `size` = (rows, columns), from the shared plan cache.
 
-    def build() -> PatchOffsets:
+    While a graph is traced (torch.compile, torch.export, the ONNX tracer) they are built in the graph
+    from the traced sizes, so that an exported graph computes them for the size it is given.
+    """
+    device = torch.device(device)
+
+    def build(size: tuple[int, int]) -> PatchOffsets:
         with torch.inference_mode(False), torch.no_grad():
             rows, cols = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
             rows, cols = rows.reshape(-1).to(device, dtype), cols.reshape(-1).to(device, dtype)
             dx, dy = cols[None, :] - cols[:, None], rows[None, :] - rows[:, None]
             return PatchOffsets(size, size, torch.stack([dx, dy, dx * dx + dy * dy], dim=-1))
 
-    if torch.compiler.is_compiling():
-        return build().offsets
-    return PLANS.get(("convit-offsets", size, device, dtype), build).offsets
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return build(size).offsets
+    size = (int(size[0]), int(size[1]))
+    return PLANS.get(("convit-offsets", size, device, dtype), lambda: build(size)).offsets
 
 
 class GatedPositionalSelfAttention(AttentionLayer):

@@ -37,6 +37,7 @@ Where we chose (the paper does not say):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers import DropPath, drop_path_rates
+from vitlab.layers.dft import irfft2_channels_last, rfft2_channels_last
 from vitlab.models.pyramid import Pyramid
 from vitlab.registry import Preprocess, register_model
 from vitlab.weights import Weights
@@ -90,13 +92,17 @@ class GlobalLocalFilter(nn.Module):
         self.post_norm = nn.LayerNorm(dim, eps=eps)
 
     def global_filter(self, x: Tensor) -> Tensor:
-        """irfft2(rfft2(x) * W) over (H, W) of a (B, H, W, C) map, orthonormal scaling (official)."""
-        height, width = x.shape[1:3]
+        """irfft2(rfft2(x) * W) over (H, W) of a (B, H, W, C) map, orthonormal scaling (official).
+
+        The transforms are `layers.dft`'s cos/sin products (exact to rounding, exportable to ONNX at
+        any size) rather than torch.fft; in at least float32 and outside autocast, as torch.fft computes.
+        """
         dtype = torch.promote_types(x.dtype, torch.float32)
-        spectrum = torch.fft.rfft2(x.to(dtype), dim=(1, 2), norm="ortho")
-        weight = resize_complex_weight(self.complex_weight.to(dtype), spectrum.shape[1:3])
-        spectrum = spectrum * torch.view_as_complex(weight.contiguous()).permute(1, 2, 0)
-        return torch.fft.irfft2(spectrum, s=(height, width), dim=(1, 2), norm="ortho").to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext():
+            re, im = rfft2_channels_last(x.to(dtype))
+            weight = resize_complex_weight(self.complex_weight.to(dtype), re.shape[1:3]).permute(3, 1, 2, 0)
+            re, im = re * weight[0] - im * weight[1], re * weight[1] + im * weight[0]
+            return irfft2_channels_last(re, im, x.shape[2]).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         local, glob = self.pre_norm(x).chunk(2, dim=-1)

@@ -284,8 +284,9 @@ class PSViT(Backbone):
         """The tokens after each sampling iteration (B, N, D), with the points' grid (n_h, n_w)."""
         self.check_input(x)
         fmap = self.stem(x)
-        size = fmap.shape[-2:]
-        grid = self.points_for(x.shape[-2:])
+        # Python integers (also while a graph is traced for export, which then holds this size's points).
+        size = (int(fmap.shape[-2]), int(fmap.shape[-1]))
+        grid = self.points_for((int(x.shape[-2]), int(x.shape[-1])))
         point = initial_points(*grid, *size, fmap.device, fmap.dtype).expand(x.shape[0], -1, -1)
         scale = torch.tensor(size, dtype=fmap.dtype, device=fmap.device)
         offset, tokens = torch.zeros_like(point), None

@@ -21,7 +21,6 @@ grids. The checkpoints' `encoder.*` / `decoder.*` are `backbone.*` / `decode_hea
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -188,7 +187,9 @@ class Segmenter(SegmentationModel):
             self.decode_head.grad_checkpointing = enable
 
     def _grid(self, x: Tensor) -> tuple[int, int]:
-        return tuple(math.ceil(s / p) for s, p in zip(x.shape[-2:], self.backbone.patch_size, strict=True))
+        # The ceiling in integer division of positive numbers: it also traces when s is a symbolic size (in ONNX,
+        # integer Div truncates, so -(-s // p) would floor)
+        return tuple((s + p - 1) // p for s, p in zip(x.shape[-2:], self.backbone.patch_size, strict=True))
 
     def forward_logits(self, x: Tensor) -> SegmentationOutput:
         """Masks at the patch grid of the image padded to a multiple of the patch size."""

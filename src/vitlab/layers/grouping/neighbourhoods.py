@@ -51,6 +51,13 @@ class Neighbourhoods(Grouping):
                 f"a neighbourhood is centred on its pixel, so kernel_size must be odd, got {self.kernel_size}"
             )
 
+    def plan(self, size: Size2, device: torch.device | str) -> NeighbourhoodPlan:
+        """As `Grouping.plan`; while the ONNX tracer runs, built in the graph from the traced sizes (not the
+        cache's Python integers), so that an exported graph masks the neighbourhoods of the size it is given."""
+        if torch.jit.is_tracing():
+            return self.build(size, torch.device(device))
+        return super().plan(size, device)
+
     def build(self, size: Size2, device: torch.device) -> NeighbourhoodPlan:
         ones = torch.ones(1, 1, size[0], size[1], device=device)
         inside = neighbourhoods(ones, self.kernel_size)[0, :, :, 0] > 0
