@@ -9,7 +9,7 @@ a block-sparse mask, copying nothing; SASA's relative term q . r_{a-i,b-j} (eq. 
 score modification that reads q . r for the offset between query and key. This script times, in
 alternating rounds (order swapped each round), a SASA layer's forward both ways, and the bare
 neighbourhood attention (no relative term) both ways, and prints the ratios with their spread.
-The findings, and why the path was not kept in the library, are in docs/benchmarks.md.
+The findings are in docs/benchmarks.md; `vitlab.layers.flex` says where the library takes the path.
 """
 
 from __future__ import annotations
@@ -24,73 +24,16 @@ import torch
 from torch import Tensor
 
 from vitlab.layers.attention import attend
+from vitlab.layers.flex import _compiled_flex, flex_attention_enabled, neighbourhood_block_mask
 from vitlab.layers.grouping import batch_mask
 from vitlab.layers.grouping.neighbourhoods import Neighbourhoods
-from vitlab.layers.position import row_column_embeddings
 from vitlab.models.sasa import LocalSelfAttention
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex() -> Callable[..., Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def _neighbourhood_mask_mod(width: int, radius: int) -> Callable[..., Tensor]:
-    def inside(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        rows = (kv_idx // width - q_idx // width).abs() <= radius
-        return rows & ((kv_idx % width - q_idx % width).abs() <= radius)
-
-    return inside
-
-
-@functools.lru_cache(maxsize=32)
-def neighbourhood_block_mask(size: tuple[int, int], kernel_size: int, device: torch.device):  # noqa: ANN201
-    """The block-sparse mask of k x k neighbourhoods over a raster-ordered map of `size`, built once per size."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    tokens = size[0] * size[1]
-    inside = _neighbourhood_mask_mod(size[1], kernel_size // 2)
-    with torch.inference_mode(False), torch.no_grad():
-        return create_block_mask(inside, None, None, tokens, tokens, device=str(device))
-
-
-def neighbourhood_attention(
-    q: Tensor, k: Tensor, v: Tensor, relative: Tensor, size: tuple[int, int], kernel_size: int, scale: float
-) -> Tensor:
-    """softmax_{j in N_k(i)}(scale * q_i . (k_j + r_{j-i})) v_j over raster-ordered maps, by FlexAttention.
-
-    q, k, v: (B, heads, H * W, d); `relative`: (heads, k * k, d), r for each window offset, row offset
-    major (as `layers.position.row_column_embeddings` gives). Returns (B, heads, H * W, d).
-    """
-    from torch.nn.attention.flex_attention import flex_attention
-
-    width, radius = size[1], kernel_size // 2
-    q_dot_r = torch.einsum("bhqd,hod->bhqo", q, relative) * scale  # (B, heads, HW, k * k)
-    last = kernel_size * kernel_size - 1
-
-    def add_relative(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        offset = (kv_idx // width - q_idx // width + radius) * kernel_size + (kv_idx % width - q_idx % width + radius)
-        return score + q_dot_r[b, h, q_idx, offset.clamp(0, last)]
-
-    block_mask = neighbourhood_block_mask(size, kernel_size, q.device)
-    run = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
-    return run(q, k, v, score_mod=add_relative, block_mask=block_mask, scale=scale)
-
-
-def sasa_flex_forward(layer: LocalSelfAttention, x: Tensor) -> Tensor:
-    """`layer`'s output (before its stride pool) computed by `neighbourhood_attention`."""
-    B, C, H, W = x.shape
-    heads, d = layer.num_heads, layer.head_dim
-
-    def split(t: Tensor) -> Tensor:  # (B, heads * d, H, W) -> (B, heads, H * W, d)
-        return t.reshape(B, heads, d, H * W).transpose(-1, -2)
-
-    relative = row_column_embeddings(layer.emb_row, layer.emb_col, heads)
-    q, k, v = split(layer.query(x)), split(layer.key(x)), split(layer.value(x))
-    out = neighbourhood_attention(q, k, v, relative, (H, W), layer.kernel_size, scale=1.0)
-    return out.transpose(-1, -2).reshape(B, heads * d, H, W)
+def gathered_forward(layer: LocalSelfAttention, x: Tensor) -> Tensor:
+    """`layer`'s output by the gathered windows, whatever `layers.flex` would choose."""
+    with flex_attention_enabled(False):
+        return layer(x)
 
 
 def bare_pair(channels: int, size: int, kernel: int, heads: int) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
@@ -160,8 +103,8 @@ def main() -> None:
                 case = f"{size}x{size}, C={channels}, {args.heads} heads"
                 side_by_side(
                     f"SASA layer, {case}",
-                    functools.partial(layer, x),
-                    functools.partial(sasa_flex_forward, layer, x),
+                    functools.partial(gathered_forward, layer, x),
+                    functools.partial(layer._flex_forward, x),
                     args.rounds,
                 )
                 gathered, flex = bare_pair(channels, size, args.kernel, args.heads)
