@@ -83,9 +83,9 @@ def plot(results: dict[str, dict[int, tuple[float, float]]], sizes: list[int], p
     pixels = [(s / sizes[0]) ** 2 for s in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, which, title in ((axes[0], 0, "time per image"), (axes[1], 1, "multiply-accumulates")):
-        for name, by_size in results.items():
+        for i, (name, by_size) in enumerate(results.items()):
             values = [by_size[s][which] / by_size[sizes[0]][which] for s in sizes]
-            ax.plot(pixels, values, marker="o", label=name)
+            ax.plot(pixels, values, marker="os^"[i // 10], linestyle="-:"[i // 10 % 2], label=name)
         ax.plot(pixels, pixels, "k--", label="linear in pixels")
         ax.set(xscale="log", yscale="log", title=f"{title}, relative to {sizes[0]}x{sizes[0]}", xlabel="pixels (x)")
         ax.set_xticks(pixels, [f"{p:g}x ({s})" for p, s in zip(pixels, sizes, strict=True)])
