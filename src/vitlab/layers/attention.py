@@ -68,8 +68,9 @@ def _plain_products_train_faster(q: Tensor, k: Tensor, bias: Tensor | None) -> b
     and short sequences, where the flash kernel's backward is slower than the plain products (a
     7x7-token model trains 10% faster per step; at ViT-S/16's 197 tokens the two are even). Both the
     queries and the keys must be short: with many queries on few keys (PVT's spatial reduction, 3136
-    queries on 49 keys) the fused kernel trained PVT v2 B0 1.15x faster per step with 6% less peak
-    memory, since the plain products keep every (queries x keys) probability for the backward pass.
+    queries on 49 keys) the plain products keep every (queries x keys) probability for the backward
+    pass: the fused kernel lowered PVT v2 B0's peak training memory by 6%, at a speed within the
+    noise (docs/benchmarks.md).
     """
     if q.device.type != "cpu" or not torch.is_grad_enabled():
         return False
