@@ -7,20 +7,92 @@ multiply-accumulates: windowed and striped attention should grow about as fast a
 global attention faster (its cost is quadratic in the number of tokens).
 
     python benchmarks/scaling.py --models swin_tiny_patch4_window7_224 vit_small_patch16_224
+    python benchmarks/scaling.py --plot docs/scaling.png   # one variant of every family
+
+The models are measured in alternating rounds at each size (order swapped every round), the
+figure of a size is the median over the rounds. `--plot` draws ms/image and MACs against the pixel
+count, both relative to the first size, on log-log axes (matplotlib), next to the linear line.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 
 import torch
-from common import median_seconds, print_table
+from common import print_table
 
 import vitlab
+from vitlab.bench import run_rounds
+from vitlab.layers.flex import flex_attention_enabled
 from vitlab.registry import get_entry
 
-DEFAULT_MODELS = ["swin_tiny_patch4_window7_224", "cswin_tiny_224", "vit_small_patch16_224"]
+# One variant of every classification family (DeiT shares ViT's code, MiT is PVT v2's backbone).
+DEFAULT_MODELS = [
+    "vit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "pvt_v2_b0",
+    "pvt_tiny",
+    "cswin_tiny_224",
+    "pale_tiny_224",
+    "axial26s",
+    "sasa_resnet26",
+    "dat_tiny",
+    "ps_vit_b_10",
+    "t2t_vit_14",
+    "convit_tiny",
+    "ceit_tiny_patch16_224",
+    "hornet_tiny_7x7",
+    "vt_resnet18",
+]
+
+
+def measure(names: list[str], sizes: list[int], args: argparse.Namespace) -> dict[str, dict[int, tuple[float, float]]]:
+    """{model: {size: (ms per image, MACs per image)}}, the models alternating at each size."""
+    results: dict[str, dict[int, tuple[float, float]]] = {name: {} for name in names}
+    models = {name: vitlab.create_model(name).eval() for name in names}
+    for size in sizes:
+        x = torch.randn(args.batch_size, 3, size, size)
+        steps = []
+        for name in names:
+
+            def run(model=models[name], x=x) -> None:
+                with torch.inference_mode():
+                    model(x)
+
+            run()  # first call at this size: plans, caches, compiled kernels
+            steps.append(run)
+        rounds = run_rounds(steps, args.rounds, args.warmup, args.repeats)
+        for name, calls in zip(names, rounds, strict=True):
+            ms = statistics.median(statistics.median(r) for r in calls) * 1000 / args.batch_size
+            entry = get_entry(name)
+            with torch.device("meta"):  # for counting only: no memory, no compute
+                meta_model = entry.builder(**entry.config)
+            results[name][size] = (ms, vitlab.count_macs(meta_model, (3, size, size)))
+            print(f"# {name} {size}: {ms:.1f} ms/img, {results[name][size][1] / 1e9:.2f} GMACs", flush=True)
+    return results
+
+
+def plot(results: dict[str, dict[int, tuple[float, float]]], sizes: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pixels = [(s / sizes[0]) ** 2 for s in sizes]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, which, title in ((axes[0], 0, "time per image"), (axes[1], 1, "multiply-accumulates")):
+        for i, (name, by_size) in enumerate(results.items()):
+            values = [by_size[s][which] / by_size[sizes[0]][which] for s in sizes]
+            ax.plot(pixels, values, marker="os^"[i // 10], linestyle="-:"[i // 10 % 2], label=name)
+        ax.plot(pixels, pixels, "k--", label="linear in pixels")
+        ax.set(xscale="log", yscale="log", title=f"{title}, relative to {sizes[0]}x{sizes[0]}", xlabel="pixels (x)")
+        ax.set_xticks(pixels, [f"{p:g}x ({s})" for p, s in zip(pixels, sizes, strict=True)])
+    axes[0].set_ylabel("growth (x)")
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main() -> None:
@@ -28,9 +100,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448, 896])
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--plot", help="write the growth plot to this PNG")
+    parser.add_argument("--no-flex", action="store_true", help="SASA without FlexAttention (no compilation per size)")
     args = parser.parse_args()
     unknown = [name for name in args.models if name not in vitlab.list_models(name)]
     if unknown:
@@ -39,35 +114,23 @@ def main() -> None:
     base = args.sizes[0]
     print(
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-        f"batch {args.batch_size}, fp32, inference_mode"
+        f"batch {args.batch_size}, fp32, inference_mode, {args.rounds} alternating rounds"
     )
-    header = ["model", f"{base} ms/img"]
-    for size in args.sizes[1:]:
-        ratio = (size / base) ** 2
-        header.append(f"{size} ms/img (growth; pixels {ratio:g}x; MACs)")
+    with flex_attention_enabled(not args.no_flex):
+        results = measure(args.models, args.sizes, args)
+    header = ["model", f"{base} ms/img", f"{base} GMACs"]
+    header += [f"{size} ms/img (growth; MACs growth; pixels {(size / base) ** 2:g}x)" for size in args.sizes[1:]]
     rows = []
-    for name in args.models:
-        model = vitlab.create_model(name).eval()
-        entry = get_entry(name)
-        with torch.device("meta"):  # for counting only: no memory, no compute
-            meta_model = entry.builder(**entry.config)
-        row, first, first_macs = [name], None, None
-        for size in args.sizes:
-            x = torch.randn(args.batch_size, entry.preprocess.input_size[0], size, size)
-
-            def run(model=model, x=x) -> None:
-                with torch.inference_mode():
-                    model(x)
-
-            ms = median_seconds(run, args.warmup, args.repeats) * 1000 / args.batch_size
-            macs = vitlab.count_macs(meta_model, (x.shape[1], size, size))
-            if first is None:
-                first, first_macs = ms, macs
-                row.append(f"{ms:.1f}")
-            else:
-                row.append(f"{ms:.1f} ({ms / first:.1f}x; {(size / base) ** 2:g}x; {macs / first_macs:.1f}x)")
+    for name, by_size in results.items():
+        (ms0, macs0), row = by_size[base], [name]
+        row += [f"{ms0:.1f}", f"{macs0 / 1e9:.2f}"]
+        row += [
+            f"{by_size[s][0]:.0f} ({by_size[s][0] / ms0:.1f}x; {by_size[s][1] / macs0:.1f}x)" for s in args.sizes[1:]
+        ]
         rows.append(tuple(row))
     print_table(tuple(header), rows)
+    if args.plot:
+        plot(results, args.sizes, args.plot)
 
 
 if __name__ == "__main__":

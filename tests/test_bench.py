@@ -127,3 +127,16 @@ def test_against_timm_prints_both_sides_and_the_ratio_last(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[3].startswith("vitlab") and out[4].startswith("timm")
     assert out[-1].startswith("vitlab / timm: ") and "(rounds " in out[-1]
+
+
+def test_fold_against_unfolded_measures_the_folded_model_beside_itself(capsys):
+    args = ["bench", "--model", "convnet_tiny", "--tiny", "--rounds", "2", "--batch-size", "2", "--repeats", "1"]
+    assert main([*args, "--against", "unfolded"]) == 2
+    assert "add --fold" in capsys.readouterr().err
+    assert main([*args, "--fold", "--mode", "train"]) == 2
+    assert "--mode infer" in capsys.readouterr().err
+    assert main([*args, "--fold", "--against", "unfolded"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "eager, folded" in out[0]
+    assert out[3].startswith("vitlab folded") and out[4].startswith("unfolded")
+    assert out[-1].startswith("vitlab folded / unfolded: ")

@@ -2,6 +2,7 @@
 
 from vitlab.analysis.complexity import count_macs, count_params, model_info
 from vitlab.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint
+from vitlab.fold import fold_for_inference
 from vitlab.layers.attention import capture_attention
 from vitlab.registry import create_model, list_models, load_model
 
@@ -13,6 +14,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "create_model",
+    "fold_for_inference",
     "inspect_checkpoint",
     "list_models",
     "load_checkpoint",

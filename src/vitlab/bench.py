@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from vitlab.fold import fold_for_inference
+
 T = TypeVar("T")
 Clock = Callable[[], float]
 MODES = ("infer", "train")
@@ -114,9 +116,6 @@ def ratio_summary(ours: SideResult, theirs: SideResult) -> tuple[float, float, f
     return ours.throughput / theirs.throughput, min(per_round), max(per_round)
 
 
-# Memory.
-
-
 def _proc_status_kb(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -154,9 +153,6 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     fn()
     peak = _proc_status_kb("VmHWM")
     return None if base is None or peak is None else max(0, peak - base) * 1024
-
-
-# What is measured.
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -244,9 +240,6 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-# The command.
-
-
 @dataclass
 class BenchConfig:
     """What `vitlab bench` measures (its options)."""
@@ -257,6 +250,7 @@ class BenchConfig:
     mode: str = "infer"
     precision: str = "fp32"
     compile: bool = False
+    fold: bool = False
     against: str | None = None
     rounds: int = 7
     warmup: int = 1
@@ -293,8 +287,16 @@ def build_sides(config: BenchConfig, device: torch.device) -> list[tuple[str, nn
         if not config.compile:
             raise BenchError("--against eager compares torch.compile with eager execution: add --compile")
         sides = [("vitlab compiled", ours), ("eager", ours)]
+    elif config.against == "unfolded":
+        if not config.fold:
+            raise BenchError("--against unfolded compares a folded model with itself unfolded: add --fold")
+        sides = [("vitlab folded", ours), ("unfolded", ours)]
     elif config.against is not None:
-        raise BenchError(f"--against must be 'timm' or 'eager', got {config.against!r}")
+        raise BenchError(f"--against must be 'timm', 'eager' or 'unfolded', got {config.against!r}")
+    if config.fold:  # vitlab's side, folded for inference (vitlab.fold); the others stay as built
+        if config.mode != "infer":
+            raise BenchError("--fold folds BatchNorm and LayerScale for inference: use it with --mode infer")
+        sides[0] = (sides[0][0], fold_for_inference(ours))
     return [(label, model.to(device)) for label, model in sides]
 
 
@@ -334,7 +336,8 @@ def report(config: BenchConfig, results: Sequence[SideResult]) -> str:
     size = "x".join(str(s) for s in results[0].size)
     lines = [
         f"# {config.model}{' (tiny)' if config.tiny else ''}: {config.mode}, {config.precision}, "
-        f"{'torch.compile' if config.compile else 'eager'}, batch {config.batch_size}, {size}, "
+        f"{'torch.compile' if config.compile else 'eager'}{', folded' if config.fold else ''}, "
+        f"batch {config.batch_size}, {size}, "
         f"{config.rounds} rounds x {config.repeats} calls",
         f"# {machine_description(device)}",
         f"{'library':<16} {'img/s':>8} {'spread (rounds)':>17} "
@@ -369,10 +372,11 @@ def register_bench_command(commands: Any) -> None:
     bench.add_argument("--mode", choices=MODES, default="infer")
     bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where native")
     bench.add_argument("--compile", action="store_true", help="torch.compile (inductor) every side first")
+    bench.add_argument("--fold", action="store_true", help="fold BatchNorm and LayerScale (vitlab.fold_for_inference)")
     bench.add_argument(
         "--against",
-        choices=("timm", "eager"),
-        help="timm: the same model in timm, with the same weights; eager (with --compile): the model not compiled",
+        choices=("timm", "eager", "unfolded"),
+        help="timm: the same model in timm, same weights; eager (with --compile) / unfolded (with --fold): itself",
     )
     bench.add_argument("--rounds", type=int, default=7, help="alternating rounds (median and spread over them)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed calls per side and round")

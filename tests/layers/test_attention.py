@@ -57,6 +57,20 @@ def test_learned_bias_gets_the_exact_gradient():
         torch.testing.assert_close(mine, expected)
 
 
+def test_training_takes_plain_products_only_when_queries_and_keys_are_both_short():
+    from vitlab.layers.attention import _plain_products_train_faster
+
+    def case(queries: int, keys: int) -> bool:
+        q, k = torch.randn(1, 1, queries, 8, requires_grad=True), torch.randn(1, 1, keys, 8)
+        return _plain_products_train_faster(q, k, None)
+
+    assert case(49, 49)  # a 7 x 7 window
+    assert not case(3136, 49)  # PVT's spatial reduction: the fused kernel keeps no probabilities
+    assert not case(197, 197)
+    with torch.no_grad():
+        assert not case(49, 49)
+
+
 def test_store_receives_probabilities_and_output_is_unchanged():
     q, k, v = qkv()
     store = []

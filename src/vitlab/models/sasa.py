@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
+from vitlab.layers.flex import neighbourhood_attention, use_flex
 from vitlab.layers.grouping import batch_mask
 from vitlab.layers.grouping.neighbourhoods import Neighbourhoods
 from vitlab.layers.position import row_column_embeddings
@@ -78,6 +79,9 @@ class LocalSelfAttention(AttentionLayer):
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
         heads, d, window = self.num_heads, self.head_dim, self.kernel_size**2
+        if use_flex(x, heads, d, self.attention_store is not None, self.query.weight):
+            out = self._flex_forward(x)
+            return self.pool(out) if self.pool is not None else out
         plan = self.grouping.plan((H, W), x.device)
 
         def gather(t: Tensor) -> Tensor:  # (B, C, H, W) -> (B * H * W, heads, k * k, d)
@@ -89,6 +93,18 @@ class LocalSelfAttention(AttentionLayer):
         out = attend(q, k, v, bias=batch_mask(plan.mask, B), scale=1.0, store=self.attention_store)
         out = self.grouping.ungroup(out.reshape(B * H * W, heads * d), plan)
         return self.pool(out) if self.pool is not None else out
+
+    def _flex_forward(self, x: Tensor) -> Tensor:
+        """The same attention by FlexAttention over the whole map (`layers.flex`), without gathered windows."""
+        B, C, H, W = x.shape
+
+        def split(t: Tensor) -> Tensor:  # (B, heads * d, H, W) -> (B, heads, H * W, d)
+            return t.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2)
+
+        relative = row_column_embeddings(self.emb_row, self.emb_col, self.num_heads)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        out = neighbourhood_attention(q, k, v, relative, (H, W), self.kernel_size, scale=1.0)
+        return out.transpose(-1, -2).reshape(B, -1, H, W)
 
 
 class AttentionBottleneck(nn.Module):
