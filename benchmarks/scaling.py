@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--plot", help="write the growth plot to this PNG")
-    parser.add_argument("--no-flex", action="store_true", help="SASA without FlexAttention (no compilation per size)")
+    parser.add_argument("--flex", action="store_true", help="SASA through FlexAttention (compiles once per size)")
     args = parser.parse_args()
     unknown = [name for name in args.models if name not in vitlab.list_models(name)]
     if unknown:
@@ -116,7 +116,7 @@ def main() -> None:
         f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"batch {args.batch_size}, fp32, inference_mode, {args.rounds} alternating rounds"
     )
-    with flex_attention_enabled(not args.no_flex):
+    with flex_attention_enabled(args.flex):
         results = measure(args.models, args.sizes, args)
     header = ["model", f"{base} ms/img", f"{base} GMACs"]
     header += [f"{size} ms/img (growth; MACs growth; pixels {(size / base) ** 2:g}x)" for size in args.sizes[1:]]

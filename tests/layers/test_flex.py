@@ -36,9 +36,10 @@ def test_flex_path_equals_the_gathered_windows_in_float32(monkeypatch):
     taken = []
     monkeypatch.setattr(flex, "_compiled_flex", lambda: lambda *a, **k: taken.append(1) or dense_flex(*a, **k))
     with torch.no_grad():
-        with flex.flex_attention_enabled(False):
-            expected = attention(x)
-        actual = attention(x)
+        expected = attention(x)  # off by default: the gathered windows
+        assert not taken
+        with flex.flex_attention_enabled(True):
+            actual = attention(x)
     assert taken, "the flex path was not taken"
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     assert error < 1e-5
@@ -48,6 +49,8 @@ def test_flex_path_is_only_taken_where_it_was_measured_to_win():
     x = torch.randn(1, 64, 8, 8)
     weight = torch.zeros(1, requires_grad=True)
     with torch.no_grad():
+        assert not flex.use_flex(x, 2, 32, False, weight)  # opt-in: no compilation unless asked
+    with torch.no_grad(), flex.flex_attention_enabled(True):
         assert flex.use_flex(x, 2, 32, False, weight)
         assert not flex.use_flex(x, 4, 16, False, weight)  # narrow heads: slower by flex
         assert not flex.use_flex(x[..., :6, :6], 2, 32, False, weight)  # 36 tokens, below FLEX_MIN_TOKENS
@@ -55,11 +58,12 @@ def test_flex_path_is_only_taken_where_it_was_measured_to_win():
         assert not flex.use_flex(x, 2, 32, True, weight)  # attention being recorded
         with flex.flex_attention_enabled(False):
             assert not flex.use_flex(x, 2, 32, False, weight)
-    assert not flex.use_flex(x, 2, 32, False, weight)  # a gradient is needed: training keeps the gathered path
+    with flex.flex_attention_enabled(True):
+        assert not flex.use_flex(x, 2, 32, False, weight)  # a gradient is needed: training keeps the gathered path
 
 
 def test_capture_attention_still_reports_probabilities_on_maps_flex_would_take():
     attention = layer()
-    with torch.no_grad(), capture_attention(attention) as maps:
+    with torch.no_grad(), flex.flex_attention_enabled(True), capture_attention(attention) as maps:
         attention(torch.randn(1, 64, 8, 8))
     assert maps[""][0].shape == (64, 2, 1, 49)
