@@ -39,6 +39,19 @@ def sinusoidal_2d(height: int, width: int, dim: int, base: float = 10000.0) -> T
     return grid.reshape(height * width, dim)
 
 
+def exporting() -> bool:
+    """Whether a graph is being recorded for export (the ONNX tracer, torch.export) rather than run.
+
+    Shape-dependent branches must not be decided then: the branch taken at the traced size would be
+    baked into the graph for every size (`layers.grouping` imports this as `is_tracing`). So an exported
+    graph resamples a position table at every size, its own included: resampling to the
+    same size is the identity (cubic or linear weights at whole-pixel offsets are 1 and 0), while a
+    branch on the size would be frozen into the graph, which would then refuse every other size (or
+    the model's own).
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def resize_pos_embed(
     pos_embed: Tensor,
     new_size: tuple[int, int],
@@ -61,7 +74,7 @@ def resize_pos_embed(
         old_size = (side, side)
     if old_size[0] * old_size[1] != num_grid:
         raise ValueError(f"position table has {num_grid} grid entries, not {old_size[0]}x{old_size[1]}")
-    if tuple(new_size) == tuple(old_size):
+    if not exporting() and tuple(new_size) == tuple(old_size):  # see exporting(): no comparison traced
         return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2).float()

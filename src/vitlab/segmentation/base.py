@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.layers.position import exporting
 from vitlab.models.base import SavesPretrained
 
 IGNORE_INDEX = 255  # label of pixels that no loss or metric counts (void, borders, ADE20K's "other")
@@ -33,8 +34,9 @@ class SegmentationOutput:
 
 
 def resize_logits(logits: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
-    """Bilinear resize of (batch, classes, h, w) logits to `size` (a no-op when already that size)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
+    """Bilinear resize of (batch, classes, h, w) logits to `size` (a no-op when already that size; an
+    exported graph always resizes, the identity at the same size, so that no size is baked in)."""
+    if not exporting() and tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 

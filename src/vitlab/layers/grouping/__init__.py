@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitlab.layers.position import exporting as is_tracing  # the one test for "a graph is being exported"
+
 Size2 = tuple[int, int]
 
 AXES = ("rows", "columns")
@@ -67,15 +69,6 @@ def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> 
     if is_tracing() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
     return x
-
-
-def is_tracing() -> bool:
-    """Whether a graph is being recorded for export (ONNX's tracer, torch.export) rather than run.
-
-    Shape-dependent branches must not be decided then: the branch taken at the traced size would be
-    baked into the graph for every size.
-    """
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def padding_key_mask(
