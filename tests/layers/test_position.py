@@ -39,6 +39,23 @@ def test_resize_pos_embed_keeps_prefix_and_resizes_grid():
         resize_pos_embed(torch.randn(1, 1 + 12, 8), (4, 4))
 
 
+def test_an_exported_graph_resamples_at_the_own_size_too_and_that_is_the_identity(monkeypatch):
+    """While exporting, no size comparison may be traced (torch.export would freeze it): the table is
+    resampled at its own size as well, which must give it back bit for bit; so must resize_logits."""
+    from vitlab.segmentation.base import resize_logits
+
+    table = torch.randn(1, 1 + 7 * 5, 8)
+    logits = torch.randn(2, 3, 9, 11)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    seen = []
+    interpolate = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda *a, **k: seen.append(1) or interpolate(*a, **k))
+    resized = resize_pos_embed(table, (7, 5), (7, 5))
+    assert seen and resized is not table and torch.equal(resized, table)
+    resized = resize_logits(logits, (9, 11))
+    assert len(seen) == 2 and resized is not logits and torch.equal(resized, logits)
+
+
 def test_resize_of_a_constant_grid_stays_constant():
     table = torch.cat([torch.zeros(1, 1, 4), torch.full((1, 9, 4), 0.5)], dim=1)
     resized = resize_pos_embed(table, (5, 7), (3, 3))

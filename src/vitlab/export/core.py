@@ -94,6 +94,16 @@ def own_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def export_name(model: nn.Module, name: str | None = None) -> str:
+    """What messages call the model: `name`, else its registered name, else its class's."""
+    return name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+
+
+def requested_size(model: nn.Module, img_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The size an export is asked for: `img_size`, else `default_size(model)`."""
+    return tuple(img_size) if img_size is not None else default_size(model)
+
+
 def default_size(model: nn.Module) -> tuple[int, int]:
     """The size a model is exported at unless told: the one its parameters are made for, else its preprocessing's."""
     img_size = own_size(model)
@@ -106,8 +116,9 @@ def default_size(model: nn.Module) -> tuple[int, int]:
 
 def traced_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> tuple[int, int]:
     """The size a graph is traced at: `size`, or for a graph whose sides vary, a size other than the model's
-    own, so that every "resize the position table to the input's grid" step is recorded (at the model's own
-    size it is skipped); the checks then run at `size` as well."""
+    own, so that every "resize the position table to the input's grid" step is recorded (`resize_pos_embed`
+    resamples at every size while exporting, but a model's own branch on its size, such as Segmenter's
+    encoder's, is skipped at that size); the checks then run at `size` as well."""
     own = own_size(model)
     spatial = dynamic and dynamic_limit(model) is None and not is_sequence_model(model)
     if spatial and own is not None and tuple(size) == tuple(own):

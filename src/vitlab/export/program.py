@@ -13,10 +13,11 @@ from vitlab.export.core import (
     ExportError,
     ExportResult,
     check_runs,
-    default_size,
     dynamic_limit,
+    export_name,
     flatten_outputs,
     other_size,
+    requested_size,
     signature,
     traced_size,
 )
@@ -31,9 +32,9 @@ def export_program(
     With `dynamic`, the axes `signature` names are marked `Dim.AUTO`: they stay symbolic unless the
     model's code fixes them (then torch.export keeps the traced value and the program checks it).
     """
-    name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+    name = export_name(model, name)
     model = model.eval()
-    size = tuple(img_size) if img_size is not None else default_size(model)
+    size = requested_size(model, img_size)
     sig = signature(model, size, dynamic=dynamic)
     check_runs(model, sig.inputs, name)
     shapes = None
@@ -96,9 +97,9 @@ def save_program(
 ) -> ExportResult:
     """Export `model` with torch.export, save it to `path` (.pt2), load it back and check that it gives
     the model's outputs (max relative error below 1e-4) at the sizes its symbolic axes allow."""
-    name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+    name = export_name(model, name)
     model = model.eval()
-    asked = tuple(img_size) if img_size is not None else default_size(model)
+    asked = requested_size(model, img_size)
     size = traced_size(model, asked, dynamic)
     start = time.perf_counter()
     program = export_program(model, size, dynamic, name)

@@ -24,12 +24,13 @@ from vitlab.export.core import (
     ExportError,
     ExportResult,
     check_runs,
-    default_size,
     dynamic_limit,
+    export_name,
     flatten_outputs,
     max_relative_error,
     onnx_limit,
     other_size,
+    requested_size,
     signature,
     traced_size,
 )
@@ -132,11 +133,11 @@ def export_onnx(
     reason; the check then runs two batch sizes and, where the sides vary, a second size
     (`other_size`). The maximum relative error must stay below `TOLERANCE` at each, else ExportError.
     """
-    name = name or getattr(getattr(model, "entry", None), "name", type(model).__name__)
+    name = export_name(model, name)
     if onnx_limit(model) is not None:
         raise ExportError(f"{name} cannot be exported to ONNX: {onnx_limit(model)}")
     model = model.eval()
-    asked = tuple(img_size) if img_size is not None else default_size(model)
+    asked = requested_size(model, img_size)
     size = traced_size(model, asked, dynamic)
     sig = signature(model, size, dynamic=dynamic)
     check_runs(model, sig.inputs, name)

@@ -20,10 +20,10 @@ only (tested: below 1e-5 relative).
 Each new input shape compiles the kernel once (seconds to a minute on a CPU: 49 s for the first
 forward of SASA-ResNet-26 here); past `MAX_COMPILED_SHAPES` shapes the gathered path is used, so that
 dynamo's recompilation limit is never reached (beyond it flex would run unfused, materialising every
-score). The path is therefore opt-in: `with flex_attention_enabled(True):` (or
-`set_flex_attention(True)`) turns it on. Off by default, a plain `model(x)` never starts a
-compilation behind the user's back (which needs a C++ compiler on a CPU and costs a minute per
-shape): worth it for long inference runs at few shapes, not for one image.
+score). The path is therefore opt-in: `with flex_attention_enabled():` turns it on. Off by default,
+a plain `model(x)` never starts a compilation behind the user's back (which needs a C++ compiler on
+a CPU and costs a minute per shape): worth it for long inference runs at few shapes, not for one
+image.
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ MAX_COMPILED_SHAPES = 6
 
 _enabled = False
 _compiled_shapes: set[tuple] = set()
-
-
-def set_flex_attention(enabled: bool) -> None:
-    """Let neighbourhood attention take the FlexAttention path where it is measured to win, or not (the default)."""
-    global _enabled
-    _enabled = bool(enabled)
 
 
 @contextmanager
