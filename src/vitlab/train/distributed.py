@@ -8,6 +8,8 @@ across processes. Without those variables everything runs in one process.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,7 +106,22 @@ class PeerLostError(RuntimeError):
 @contextmanager
 def peers_watched(info: DistInfo, where: object) -> Iterator[None]:
     """Turn a collective that fails because another process died (gloo: the connection closed; NCCL:
-    a DistBackendError) into one PeerLostError that says what to do, instead of a traceback."""
+    a DistBackendError) into one PeerLostError that says what to do, instead of a traceback.
+
+    torchrun stops the other processes with SIGTERM when one fails, often before their collective
+    has failed: during a multi-process run SIGTERM raises the same error (the checkpoint on disk is
+    whole, as every write is atomic; a half-written temporary is removed on --resume)."""
+    resubmit = f"the last checkpoint in {where} stands: resubmit the same command with --resume"
+
+    def stopped(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one message; torchrun's SIGKILL follows if need be
+        raise PeerLostError(
+            f"process {info.rank} of {info.world_size} was stopped by SIGTERM (torchrun sends it when another "
+            f"process of the run fails); {resubmit}"
+        )
+
+    watch_signal = info.distributed and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if watch_signal else None
     try:
         yield
     except RuntimeError as err:
@@ -116,6 +133,8 @@ def peers_watched(info: DistInfo, where: object) -> Iterator[None]:
             raise
         raise PeerLostError(
             f"process {info.rank} of {info.world_size} lost the other processes of the run "
-            f"({text.splitlines()[0][:200]}); the last checkpoint in {where} stands: resubmit the same command "
-            "with --resume"
+            f"({text.splitlines()[0][:200]}); {resubmit}"
         ) from err
+    finally:
+        if watch_signal:
+            signal.signal(signal.SIGTERM, previous)
