@@ -281,6 +281,7 @@ def report(config: BenchConfig, results: Sequence[SideResult]) -> str:
     """The printed table: one line per side, then (against timm) the ratio, last."""
     device = resolve_device(config.device)
     size = "x".join(str(s) for s in results[0].size)
+    width = max(16, *(len(r.label) for r in results))
     paths = ["torch.compile" if config.compile else "eager"]
     paths += [name for name, on in (("folded", config.fold), ("channels-last", config.channels_last)) if on]
     lines = [
@@ -289,14 +290,14 @@ def report(config: BenchConfig, results: Sequence[SideResult]) -> str:
         f"batch {config.batch_size}, {size}, "
         f"{config.rounds} rounds x {config.repeats} calls",
         f"# {machine_description(device)}",
-        f"{'library':<16} {'img/s':>8} {'spread (rounds)':>17} "
+        f"{'library':<{width}} {'img/s':>8} {'spread (rounds)':>17} "
         f"{'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'peak MB':>9}",
     ]
     for r in results:
         spread = f"{min(r.round_throughputs):.1f}-{max(r.round_throughputs):.1f}"
         memory = "-" if r.peak_memory is None else f"{r.peak_memory / 2**20:.0f}"
         lines.append(
-            f"{r.label:<16} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
+            f"{r.label:<{width}} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
             f"{r.latency_ms(99):>9.1f} {memory:>9}"
         )
     if len(results) == 2:
