@@ -39,6 +39,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--ops",
+        nargs="*",
+        default=["aten::copy_", "aten::contiguous", "aten::clone", "aten::permute", "aten::reshape"],
+        help="operators whose counts are printed whether or not they are among the top (layout copies)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sides = build_sides(BenchConfig(args.model, against="timm"), torch.device("cpu"))
@@ -51,7 +57,8 @@ def main() -> None:
     print("| operator | vitlab s (calls) | timm s (calls) |\n|---|---|---|")
     print(f"| all | {total_ours:.2f} | {total_theirs:.2f} |")
     keys = sorted(set(ours) | set(theirs), key=lambda k: -max(ours.get(k, (0, 0))[0], theirs.get(k, (0, 0))[0]))
-    for key in keys[: args.top]:
+    shown = keys[: args.top] + [k for k in args.ops if k not in keys[: args.top]]
+    for key in shown:
         a, b = ours.get(key, (0.0, 0)), theirs.get(key, (0.0, 0))
         print(f"| `{key}` | {a[0]:.2f} ({a[1]}) | {b[0]:.2f} ({b[1]}) |")
 

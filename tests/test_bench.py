@@ -140,3 +140,31 @@ def test_fold_against_unfolded_measures_the_folded_model_beside_itself(capsys):
     assert "eager, folded" in out[0]
     assert out[3].startswith("vitlab folded") and out[4].startswith("unfolded")
     assert out[-1].startswith("vitlab folded / unfolded: ")
+
+
+def test_channels_last_against_contiguous_feeds_each_side_its_layout(capsys, monkeypatch):
+    import vitlab.bench as bench
+
+    seen: dict[str, list[bool]] = {}
+    build = bench.build_sides
+
+    def recording_sides(config, device):
+        sides = build(config, device)
+        for label, model in sides:
+
+            def record(module, args, label=label):
+                seen.setdefault(label, []).append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+            model.register_forward_pre_hook(record)
+        return sides
+
+    monkeypatch.setattr(bench, "build_sides", recording_sides)
+    args = ["bench", "--model", "convnet_tiny", "--tiny", "--rounds", "2", "--batch-size", "2", "--repeats", "1"]
+    assert main([*args, "--against", "contiguous"]) == 2
+    assert "add --channels-last" in capsys.readouterr().err
+    assert main([*args, "--channels-last", "--against", "contiguous", "--img-size", "28", "36"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "eager, channels-last" in out[0]
+    assert out[3].startswith("vitlab channels-last") and out[4].startswith("contiguous")
+    assert out[-1].startswith("vitlab channels-last / contiguous: ")
+    assert set(seen["vitlab channels-last"]) == {True} and set(seen["contiguous"]) == {False}

@@ -16,20 +16,17 @@ the system), on GPU the maximum allocated by torch over one call.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import os
-import platform
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from vitlab.bench_machine import machine_description, peak_memory
 from vitlab.fold import fold_for_inference
 
 T = TypeVar("T")
@@ -116,45 +113,6 @@ def ratio_summary(ours: SideResult, theirs: SideResult) -> tuple[float, float, f
     return ours.throughput / theirs.throughput, min(per_round), max(per_round)
 
 
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _release_free_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Bytes one call of `fn()` adds at its peak: torch's max allocated on GPU, the resident set's growth on CPU.
-
-    None where the resident set's high-water mark cannot be reset (outside Linux).
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    _release_free_memory()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    except OSError:
-        return None
-    base = _proc_status_kb("VmRSS")
-    fn()
-    peak = _proc_status_kb("VmHWM")
-    return None if base is None or peak is None else max(0, peak - base) * 1024
-
-
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """fp32: no autocast; bf16: bfloat16 autocast; auto: bf16 where the hardware runs it natively."""
     if precision == "auto":
@@ -219,27 +177,6 @@ def synchronized(step: Callable[[], None], device: torch.device) -> Callable[[],
     return run
 
 
-def machine_description(device: torch.device) -> str:
-    """The CPU (model, the vector extensions that decide matmul speed), threads, torch version, GPU."""
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags.update(value.split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd", "bf16")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = (
-        f"{name} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'}), {cores} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    )
-    if device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
-
-
 @dataclass
 class BenchConfig:
     """What `vitlab bench` measures (its options)."""
@@ -251,6 +188,7 @@ class BenchConfig:
     precision: str = "fp32"
     compile: bool = False
     fold: bool = False
+    channels_last: bool = False
     against: str | None = None
     rounds: int = 7
     warmup: int = 1
@@ -291,12 +229,18 @@ def build_sides(config: BenchConfig, device: torch.device) -> list[tuple[str, nn
         if not config.fold:
             raise BenchError("--against unfolded compares a folded model with itself unfolded: add --fold")
         sides = [("vitlab folded", ours), ("unfolded", ours)]
+    elif config.against == "contiguous":
+        if not config.channels_last:
+            raise BenchError("--against contiguous compares channels-last with the plain layout: add --channels-last")
+        sides = [("vitlab channels-last", copy.deepcopy(ours)), ("contiguous", ours)]
     elif config.against is not None:
-        raise BenchError(f"--against must be 'timm', 'eager' or 'unfolded', got {config.against!r}")
+        raise BenchError(f"--against must be 'timm', 'eager', 'unfolded' or 'contiguous', got {config.against!r}")
     if config.fold:  # vitlab's side, folded for inference (vitlab.fold); the others stay as built
         if config.mode != "infer":
             raise BenchError("--fold folds BatchNorm and LayerScale for inference: use it with --mode infer")
-        sides[0] = (sides[0][0], fold_for_inference(ours))
+        sides[0] = (sides[0][0], fold_for_inference(sides[0][1]))
+    if config.channels_last:  # vitlab's side: channels-last parameters (4-d) and, in `benchmark`, input
+        sides[0][1].to(memory_format=torch.channels_last)
     return [(label, model.to(device)) for label, model in sides]
 
 
@@ -317,9 +261,12 @@ def benchmark(config: BenchConfig, clock: Clock = time.perf_counter) -> list[Sid
     batch = batch.to(device)
     make = inference_step if config.mode == "infer" else training_step
     steps = []
-    for label, model in sides:
+    for index, (label, model) in enumerate(sides):
+        side_batch = (
+            batch.contiguous(memory_format=torch.channels_last) if config.channels_last and not index else batch
+        )
         runnable = torch.compile(model) if config.compile and label != "eager" else model
-        step = synchronized(make(runnable, batch, config.precision), device)
+        step = synchronized(make(runnable, side_batch, config.precision), device)
         step()  # the first call compiles (and fills caches) before any round
         steps.append(step)
     calls = run_rounds(steps, config.rounds, config.warmup, config.repeats, clock)
@@ -334,20 +281,23 @@ def report(config: BenchConfig, results: Sequence[SideResult]) -> str:
     """The printed table: one line per side, then (against timm) the ratio, last."""
     device = resolve_device(config.device)
     size = "x".join(str(s) for s in results[0].size)
+    width = max(16, *(len(r.label) for r in results))
+    paths = ["torch.compile" if config.compile else "eager"]
+    paths += [name for name, on in (("folded", config.fold), ("channels-last", config.channels_last)) if on]
     lines = [
         f"# {config.model}{' (tiny)' if config.tiny else ''}: {config.mode}, {config.precision}, "
-        f"{'torch.compile' if config.compile else 'eager'}{', folded' if config.fold else ''}, "
+        f"{', '.join(paths)}, "
         f"batch {config.batch_size}, {size}, "
         f"{config.rounds} rounds x {config.repeats} calls",
         f"# {machine_description(device)}",
-        f"{'library':<16} {'img/s':>8} {'spread (rounds)':>17} "
+        f"{'library':<{width}} {'img/s':>8} {'spread (rounds)':>17} "
         f"{'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'peak MB':>9}",
     ]
     for r in results:
         spread = f"{min(r.round_throughputs):.1f}-{max(r.round_throughputs):.1f}"
         memory = "-" if r.peak_memory is None else f"{r.peak_memory / 2**20:.0f}"
         lines.append(
-            f"{r.label:<16} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
+            f"{r.label:<{width}} {r.throughput:>8.2f} {spread:>17} {r.latency_ms(50):>9.1f} {r.latency_ms(90):>9.1f} "
             f"{r.latency_ms(99):>9.1f} {memory:>9}"
         )
     if len(results) == 2:
@@ -374,9 +324,15 @@ def register_bench_command(commands: Any) -> None:
     bench.add_argument("--compile", action="store_true", help="torch.compile (inductor) every side first")
     bench.add_argument("--fold", action="store_true", help="fold BatchNorm and LayerScale (vitlab.fold_for_inference)")
     bench.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="vitlab's side in channels-last memory format (parameters and input); see docs/benchmarks.md",
+    )
+    bench.add_argument(
         "--against",
-        choices=("timm", "eager", "unfolded"),
-        help="timm: the same model in timm, same weights; eager (with --compile) / unfolded (with --fold): itself",
+        choices=("timm", "eager", "unfolded", "contiguous"),
+        help="timm: the same model in timm, same weights; eager (with --compile) / unfolded (with --fold) / "
+        "contiguous (with --channels-last): itself",
     )
     bench.add_argument("--rounds", type=int, default=7, help="alternating rounds (median and spread over them)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed calls per side and round")
