@@ -101,7 +101,7 @@ class TrainConfig:
     # Machinery.
     amp: str = "auto"  # auto (bf16 where the hardware runs it natively, else float32), none, bf16, fp16
     grad_checkpointing: bool = False
-    channels_last: bool = False  # NHWC memory format: faster convolutions (e.g. convolutional stems) on CPU
+    channels_last: bool = False  # NHWC memory format; measured faster on this CPU only for VT-ResNet inference
     compile: bool = False  # torch.compile (inductor) the training forward and backward; evaluation runs eagerly
     device: str = "auto"
     workers: int = 2
