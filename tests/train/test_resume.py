@@ -44,12 +44,15 @@ def _start_then_kill(args, output, target, delay, command=("-m", "vitlab")):
     can land after the last step, while the run writes its final files."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, *command, *args], env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline, position = time.monotonic() + 600, None  # generous: a loaded machine starts Python slowly
     while time.monotonic() < deadline and proc.poll() is None:
         position = _checkpoint_position(output / "checkpoint-last.pt")
         if position is not None and position >= target:
             break
         time.sleep(0.005)
+    if position is None or position < target:
+        proc.kill()
+        pytest.fail(f"the run did not reach (epoch, step) {target} (it reached {position}) within 600 s")
     time.sleep(delay)
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
