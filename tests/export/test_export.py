@@ -81,16 +81,16 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
 def test_the_static_families_are_static_for_the_reason_given(tmp_path):
     """Declaring height and width dynamic for a family listed in STATIC_SHAPES gives a graph that is wrong
     (or cannot run) at another size: the listing is needed, not a precaution."""
-    model = tiny("cswin_tiny_224")
-    assert "stripe plans" in STATIC_SHAPES["CSWinTransformer"]
+    model = tiny("axial26s")
+    assert "relative-position indices" in STATIC_SHAPES["AxialResNet"]
     import vitlab.export.core as core
 
-    saved = core.STATIC_SHAPES.pop("CSWinTransformer")
+    saved = core.STATIC_SHAPES.pop("AxialResNet")
     try:
         with pytest.raises(ExportError, match="onnxruntime"):
-            export_onnx(model, tmp_path / "cswin.onnx", SIZE, dynamic=True)
+            export_onnx(model, tmp_path / "axial.onnx", SIZE, dynamic=True)
     finally:
-        core.STATIC_SHAPES["CSWinTransformer"] = saved
+        core.STATIC_SHAPES["AxialResNet"] = saved
 
 
 def test_a_static_export_names_the_size_it_was_traced_at(tmp_path):

@@ -24,8 +24,6 @@ class ExportError(ValueError):
 # tests export every family and check that exactly these are static, with these messages.
 _PYTHON_PLAN = "its {what} built from the map size as Python integers, so a traced graph holds those of the traced size"
 STATIC_SHAPES: dict[str, str] = {
-    "CSWinTransformer": _PYTHON_PLAN.format(what="stripe plans (padding, masks, stripe indices) are"),
-    "PaleTransformer": _PYTHON_PLAN.format(what="pale plans (padding, masks, pale indices) are"),
     "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
     "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "

@@ -39,9 +39,9 @@ SHIFT_MASK = -100.0  # the official value between regions the roll brought toget
 class GraphWindowPlan:
     """A window plan whose sizes are traced values (0-dim tensors while tracing, ints in eager tests)."""
 
-    size: tuple[Tensor, Tensor]
+    size: tuple
     window: Size2
-    num_windows: Tensor
+    num_windows: object
     gather: Tensor  # (num_windows * N,): the token filling each slot; H * W (an appended zero token) for padding
     scatter: Tensor  # (H * W,): the slot of each token
     index: Tensor  # (N * N,) rows of the relative-position table
@@ -52,10 +52,16 @@ class GraphWindowPlan:
         return self.window[0] * self.window[1]
 
 
-def _side(n: Tensor, window: int, shift: int) -> tuple[Tensor, Tensor]:
+def _as_tensor(n: object) -> Tensor:
+    """A size as a 0-dim tensor: the traced value itself under the ONNX tracer, else (an int, or a symbolic
+    size under torch.compile) a tensor made from it, so that comparing it adds no guard on the size."""
+    return n if isinstance(n, Tensor) else torch.full((), n)
+
+
+def _side(n: object, window: int, shift: int) -> tuple[object, Tensor]:
     """The padded length of a side of `n` tokens, and its shift (0 when the side fits in one window)."""
     padded = (n + window - 1) // window * window
-    return padded, torch.where(n > window, torch.tensor(shift), torch.tensor(0))
+    return padded, torch.where(_as_tensor(n) > window, torch.tensor(shift), torch.tensor(0))
 
 
 def _band(p: Tensor, padded: Tensor, window: int, shift: Tensor) -> Tensor:
@@ -65,8 +71,12 @@ def _band(p: Tensor, padded: Tensor, window: int, shift: Tensor) -> Tensor:
 
 
 def graph_window_plan(size: tuple, window: Size2, shift: Size2, device: torch.device) -> GraphWindowPlan:
-    """The plan of `windows.Windows` for a map of `size`, from tensor operations on the (traced) sizes."""
-    H, W = (torch.as_tensor(s) for s in size)
+    """The plan of `windows.Windows` for a map of `size`, from tensor operations on the (traced) sizes.
+
+    `size`: traced 0-dim tensors (ONNX tracer), symbolic sizes (torch.compile) or ints (tests). Shapes are
+    computed from the sizes; every decision on them (shift or not, phantom or not) is a tensor operation.
+    """
+    H, W = size
     (wh, ww), area = window, window[0] * window[1]
     Hp, sh = _side(H, wh, shift[0])
     Wp, sw = _side(W, ww, shift[1])
@@ -81,7 +91,7 @@ def graph_window_plan(size: tuple, window: Size2, shift: Size2, device: torch.de
 
     labels = (_band(rolled_r, Hp, wh, sh) * 3 + _band(rolled_c, Wp, ww, sw)).view(-1, area)
     mask = torch.where(labels[:, :, None] != labels[:, None, :], SHIFT_MASK, 0.0)
-    phantom = (((rows >= H) & (wh > H)) | ((cols >= W) & (ww > W))).view(-1, 1, area)
+    phantom = (((rows >= H) & (_as_tensor(H) < wh)) | ((cols >= W) & (_as_tensor(W) < ww))).view(-1, 1, area)
     mask = mask + torch.where(phantom, PHANTOM, 0.0)
 
     r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.embed import to_2tuple
-from vitlab.layers.grouping import Grouping, Plan, Size2, pad_to_multiple, padded_size
+from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph, pad_to_multiple, padded_size
 from vitlab.layers.grouping.window_graph import GraphWindowPlan, graph_group, graph_ungroup, graph_window_plan
 from vitlab.layers.position import relative_position_index
 
@@ -196,9 +196,10 @@ class Windows(Grouping):
             raise ValueError(f"shift {self.shift} must lie in [0, window) for window {self.window}")
 
     def plan(self, size: Size2, device: torch.device | str) -> WindowPlan | GraphWindowPlan:
-        """As `Grouping.plan`; while the ONNX tracer runs, the plan is computed in the graph from the traced
-        sizes (`window_graph`), so that one exported graph serves every height and width."""
-        if torch.jit.is_tracing():
+        """As `Grouping.plan`; while the ONNX tracer or torch.compile traces (`in_graph`), the plan is computed
+        in the graph from the traced sizes (`window_graph`), so that one graph serves every height and
+        width. Eager runs use the cached plan."""
+        if in_graph():
             return graph_window_plan(size, self.window, self.shift, torch.device(device))
         return super().plan(size, device)
 
