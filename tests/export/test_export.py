@@ -82,7 +82,7 @@ def test_the_static_families_are_static_for_the_reason_given(tmp_path):
     """Declaring height and width dynamic for a family listed in STATIC_SHAPES gives a graph that is wrong
     (or cannot run) at another size: the listing is needed, not a precaution."""
     model = tiny("axial26s")
-    assert "relative-position indices" in STATIC_SHAPES["AxialResNet"]
+    assert "relative-position table" in STATIC_SHAPES["AxialResNet"]
     import vitlab.export.core as core
 
     saved = core.STATIC_SHAPES.pop("AxialResNet")

@@ -22,10 +22,13 @@ class ExportError(ValueError):
 # The families whose exported graphs keep a fixed height and width (the batch axis stays dynamic), and
 # why. Keyed by model class; `dynamic_limit` adds the reasons that depend on a model's options. The
 # tests export every family and check that exactly these are static, with these messages.
-_PYTHON_PLAN = "its {what} built from the map size as Python integers, so a traced graph holds those of the traced size"
 STATIC_SHAPES: dict[str, str] = {
-    "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
-    "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
+    "AxialResNet": "each axial layer crops its relative-position table for an axis no longer than the layer's "
+    "span and resamples it for a longer one, a choice made in Python from the map size, so a traced graph "
+    "holds the traced size's branch",
+    "DAT": "its deformable attention's reference points and offset scale are built from the key grid's size as "
+    "Python numbers (layers.grouping.deformable), so a traced graph holds those of the traced size (its "
+    "window attention builds its plan in the graph, as Swin's does)",
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
 }
