@@ -113,7 +113,7 @@ def test_new_input_sizes_reuse_the_dynamic_graph(name):
 
 def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph():
     """SASA's neighbourhoods (a grouping with a plan per map size): the second size compiles one graph with
-    symbolic sides, which the third and fourth reuse. (Measured: axial26s compiles once per size, 4 graphs
+    symbolic sides, which the third and fourth reuse. (Measured before plans were built in the graph: axial26s, 4 graphs
     for 4 sizes; Swin's second compilation did not finish in 9.5 minutes; docs/export.md.)"""
     model = tiny("sasa_resnet26")
     counter = CompileCounter()

@@ -24,8 +24,8 @@ class ExportError(ValueError):
 # tests export every family and check that exactly these are static, with these messages.
 STATIC_SHAPES: dict[str, str] = {
     "AxialResNet": "each axial layer crops its relative-position table for an axis no longer than the layer's "
-    "span and resamples it for a longer one, a choice made in Python from the map size, so a traced graph "
-    "holds the traced size's branch",
+    "span and resamples it for a longer one, a choice made in Python from the map size: a traced graph holds "
+    "the traced size's branch only; the sizes it serves are not declared, so the graph is kept static",
     "DAT": "its deformable attention's reference points and offset scale are built from the key grid's size as "
     "Python numbers (layers.grouping.deformable), so a traced graph holds those of the traced size (its "
     "window attention builds its plan in the graph, as Swin's does)",
