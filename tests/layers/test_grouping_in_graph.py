@@ -2,7 +2,8 @@
 
 In a graph, Swin's windows keep their full size on maps narrower than the window (phantom keys
 masked) and decide the shift with tensor operations; CSWin's stripes keep their width (padding
-masked); Pale's groups and masks come from arithmetic on the sizes. Here the graph's branch is run
+masked); Pale's groups and masks come from arithmetic on the sizes; DAT's reference points and offset
+scale come from the traced key grid. Here the graph's branch is run
 eagerly (`torch.jit.is_tracing` patched to say a trace is running) and compared with the eager path,
 whose parity with the official code the fixtures check. Sizes cross every case: sides shorter than,
 equal to and longer than the window at some stage, divisible or not, shifted or not.
@@ -16,10 +17,10 @@ from vitlab.layers.grouping import window_graph
 from vitlab.layers.grouping.windows import Windows
 from vitlab.registry import get_entry
 
-SIZES = [(64, 64), (97, 49), (20, 20), (33, 130)]
+SIZES = [(64, 64), (97, 49), (32, 32), (33, 130)]
 
 
-@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "cswin_tiny_224", "pale_tiny_224"])
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "cswin_tiny_224", "pale_tiny_224", "dat_tiny"])
 def test_the_graph_branch_gives_the_eager_outputs(name, monkeypatch):
     torch.manual_seed(0)
     model = vitlab.create_model(name, **get_entry(name).tiny, num_classes=3).eval().double()

@@ -26,9 +26,6 @@ STATIC_SHAPES: dict[str, str] = {
     "AxialResNet": "each axial layer crops its relative-position table for an axis no longer than the layer's "
     "span and resamples it for a longer one, a choice made in Python from the map size: a traced graph holds "
     "the traced size's branch only; the sizes it serves are not declared, so the graph is kept static",
-    "DAT": "its deformable attention's reference points and offset scale are built from the key grid's size as "
-    "Python numbers (layers.grouping.deformable), so a traced graph holds those of the traced size (its "
-    "window attention builds its plan in the graph, as Swin's does)",
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
 }
