@@ -98,8 +98,8 @@ def test_inductor_compiles_to_the_same_outputs_and_gradients(name):
 def test_new_input_sizes_reuse_the_dynamic_graph(name):
     """The first size compiles a static graph, the second one graph with symbolic sides, which the third reuses.
 
-    (Swin, CSWin, Pale and axial still compile once per map size: their plans are built from the concrete
-    size; docs/benchmarks.md. SASA does not: the test below.)"""
+    (The grouping families build their plans in the graph under torch.compile: SASA and Swin's window
+    attention, tests below; whole models measured in docs/export.md.)"""
     model = tiny(name)
     counter = CompileCounter()
     torch._dynamo.reset()
@@ -113,7 +113,7 @@ def test_new_input_sizes_reuse_the_dynamic_graph(name):
 
 def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph():
     """SASA's neighbourhoods (a grouping with a plan per map size): the second size compiles one graph with
-    symbolic sides, which the third and fourth reuse. (Measured: axial26s compiles once per size, 4 graphs
+    symbolic sides, which the third and fourth reuse. (Measured before plans were built in the graph: axial26s, 4 graphs
     for 4 sizes; Swin's second compilation did not finish in 9.5 minutes; docs/export.md.)"""
     model = tiny("sasa_resnet26")
     counter = CompileCounter()
@@ -123,6 +123,24 @@ def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph
         x = example_inputs(model, size)[0]
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
+def test_swin_window_attention_compiles_two_graphs_for_four_sizes():
+    """Swin's windows under torch.compile: the plan (padding, shift, phantom keys of sides shorter than the
+    window, shift mask) is computed in the graph from the sizes, so after the first, static graph one graph
+    with symbolic sides serves sizes shorter than, equal to and longer than the window, square or not."""
+    from vitlab.layers.grouping.windows import WindowAttention
+
+    torch.manual_seed(0)
+    layer = WindowAttention(8, 2, window_size=7, shift_size=3).eval()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend=counter)
+    for size in [(16, 16), (18, 18), (22, 30), (5, 12)]:
+        x = torch.randn(2, *size, 8, generator=torch.Generator().manual_seed(size[0]))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-6)
     assert counter.frame_count == 2
 
 

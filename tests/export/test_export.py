@@ -81,16 +81,16 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
 def test_the_static_families_are_static_for_the_reason_given(tmp_path):
     """Declaring height and width dynamic for a family listed in STATIC_SHAPES gives a graph that is wrong
     (or cannot run) at another size: the listing is needed, not a precaution."""
-    model = tiny("swin_tiny_patch4_window7_224")
-    assert "window plans" in STATIC_SHAPES["SwinTransformer"]
+    model = tiny("ps_vit_b_10")
+    assert "sampling points" in STATIC_SHAPES["PSViT"]
     import vitlab.export.core as core
 
-    saved = core.STATIC_SHAPES.pop("SwinTransformer")
+    saved = core.STATIC_SHAPES.pop("PSViT")
     try:
         with pytest.raises(ExportError, match="onnxruntime"):
-            export_onnx(model, tmp_path / "swin.onnx", SIZE, dynamic=True)
+            export_onnx(model, tmp_path / "psvit.onnx", SIZE, dynamic=True)
     finally:
-        core.STATIC_SHAPES["SwinTransformer"] = saved
+        core.STATIC_SHAPES["PSViT"] = saved
 
 
 def test_a_static_export_names_the_size_it_was_traced_at(tmp_path):

@@ -22,14 +22,10 @@ class ExportError(ValueError):
 # The families whose exported graphs keep a fixed height and width (the batch axis stays dynamic), and
 # why. Keyed by model class; `dynamic_limit` adds the reasons that depend on a model's options. The
 # tests export every family and check that exactly these are static, with these messages.
-_PYTHON_PLAN = "its {what} built from the map size as Python integers, so a traced graph holds those of the traced size"
 STATIC_SHAPES: dict[str, str] = {
-    "SwinTransformer": _PYTHON_PLAN.format(what="window plans (padding, shift masks, window indices) are")
-    + "; the window itself depends on the size (a side no longer than the window is one unshifted window)",
-    "CSWinTransformer": _PYTHON_PLAN.format(what="stripe plans (padding, masks, stripe indices) are"),
-    "PaleTransformer": _PYTHON_PLAN.format(what="pale plans (padding, masks, pale indices) are"),
-    "AxialResNet": _PYTHON_PLAN.format(what="relative-position indices of each axis are"),
-    "DAT": _PYTHON_PLAN.format(what="window plans and deformable reference points are"),
+    "AxialResNet": "each axial layer crops its relative-position table for an axis no longer than the layer's "
+    "span and resamples it for a longer one, a choice made in Python from the map size: a traced graph holds "
+    "the traced size's branch only; the sizes it serves are not declared, so the graph is kept static",
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
 }

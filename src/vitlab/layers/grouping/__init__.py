@@ -54,19 +54,27 @@ def check_axis(axis: str) -> None:
 
 
 def padded_size(size: Size2, multiple: Size2) -> Size2:
-    """The smallest (H', W') >= `size` whose sides divide by `multiple`."""
-    return (-(-size[0] // multiple[0]) * multiple[0], -(-size[1] // multiple[1]) * multiple[1])
+    """The smallest (H', W') >= `size` whose sides divide by `multiple` (also of traced or symbolic sizes)."""
+    return tuple((s + m - 1) // m * m for s, m in zip(size, multiple, strict=True))
+
+
+def in_graph() -> bool:
+    """Whether plans are built in the graph from the traced sizes: while the ONNX tracer runs, and while
+    torch.compile or torch.export traces. There a Python decision on a size would hold only for the traced
+    size (ONNX), or add a guard and so a recompilation for every size on its other side (torch.compile)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> Tensor:
     """Zero-pad a map on the bottom and right so both sides divide by `multiple`.
 
     NCHW by default; (B, H, W, C) with `channels_last`. While a graph is traced for export the pad is
-    always recorded (possibly of zero), so that the graph pads inputs of sizes other than the traced one.
+    always recorded (possibly of zero), so that the graph pads inputs of sizes other than the traced one; so
+    it is under torch.compile (no guard on the sides' divisibility, which would recompile per size).
     """
     height, width = x.shape[-3:-1] if channels_last else x.shape[-2:]
     pad_h, pad_w = -height % multiple[0], -width % multiple[1]
-    if is_tracing() or pad_h or pad_w:
+    if is_tracing() or torch.compiler.is_compiling() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
     return x
 
@@ -77,8 +85,13 @@ def padding_key_mask(
     """Bool key mask (groups, 1, 1, L), True at real tokens, of a map of `size` padded to `padded`.
 
     `to_groups` groups a (1, H', W', 1) map as the scheme groups tokens. None when nothing is
-    padded, so that unpadded maps run the fused kernel without a mask.
+    padded, so that unpadded maps run the fused kernel without a mask. Of traced or symbolic sizes
+    (`in_graph`), the mask is always made, by comparisons in the graph (all True where nothing is padded).
     """
+    if in_graph():
+        rows = torch.arange(padded[0], device=device) < size[0]
+        cols = torch.arange(padded[1], device=device) < size[1]
+        return to_groups((rows[:, None] & cols[None, :]).float()[None, :, :, None])[..., 0].bool()[:, None, None, :]
     if size == padded:
         return None
     valid = torch.zeros(1, padded[0], padded[1], 1, device=device)
@@ -147,10 +160,19 @@ PLANS = PlanCache(maxsize=64)
 
 
 class Grouping(ABC):
-    """A token grouping; subclasses are frozen (hashable) dataclasses of the scheme's parameters."""
+    """A token grouping; subclasses are frozen (hashable) dataclasses of the scheme's parameters.
+
+    `traceable` schemes build their plans with operations that also hold for traced sizes (the ONNX
+    tracer's 0-dim tensors, torch.compile's symbolic sizes); such plans are then built in the graph
+    (`in_graph`), so that one graph serves every height and width.
+    """
+
+    traceable = False
 
     def plan(self, size: Size2, device: torch.device | str) -> Plan:
         """The plan for a map of `size` on `device`, from the shared cache (built on first use)."""
+        if self.traceable and in_graph():
+            return self.build(tuple(size), torch.device(device))
         size = (int(size[0]), int(size[1]))
         device = torch.device(device)
         if torch.compiler.is_compiling():

@@ -21,6 +21,7 @@ class Axes(Grouping):
     """One sequence per column (`axis="columns"`, the paper's height axis) or per row (`"rows"`, its width axis)."""
 
     axis: str
+    traceable = True  # the plan is the size itself
 
     def __post_init__(self) -> None:
         check_axis(self.axis)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.layers.grouping import Grouping, Plan, Size2
+from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +42,7 @@ class DeformablePoints(Grouping):
 
     groups: int
     offset_range_factor: float
+    traceable = True  # in a graph (`in_graph`) the grid comes from the traced sizes, as in `build`
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.offset_range_factor <= 0:
@@ -52,8 +53,12 @@ class DeformablePoints(Grouping):
 
     def build(self, size: Size2, device: torch.device) -> ReferencePlan:
         H, W = size
-        rows = torch.linspace(0.5, H - 0.5, H, dtype=torch.float64, device=device)
-        cols = torch.linspace(0.5, W - 0.5, W, dtype=torch.float64, device=device)
+        if in_graph():  # the same values (i + 0.5, exact in float64), from sizes that may be traced
+            rows = torch.arange(H, dtype=torch.float64, device=device) + 0.5
+            cols = torch.arange(W, dtype=torch.float64, device=device) + 0.5
+        else:
+            rows = torch.linspace(0.5, H - 0.5, H, dtype=torch.float64, device=device)
+            cols = torch.linspace(0.5, W - 0.5, W, dtype=torch.float64, device=device)
         y, x = torch.meshgrid(rows, cols, indexing="ij")
         points = torch.stack((y.div(H).mul(2).sub(1), x.div(W).mul(2).sub(1)), dim=-1)
         return ReferencePlan(size, size, points)
@@ -78,7 +83,11 @@ class DeformablePoints(Grouping):
         plus the offsets bounded as in section 3.2, `tanh(offset) * offset_range_factor / (Hk, Wk)`.
         """
         Hk, Wk = plan.size
-        scale = offsets.new_tensor([1.0 / Hk, 1.0 / Wk]).view(1, 2, 1, 1)
+        if in_graph():  # 1 / Hk, 1 / Wk divided in float64 as Python divides, from sizes that may be traced
+            sides = torch.stack([torch.as_tensor(Hk), torch.as_tensor(Wk)]).to(torch.float64)
+            scale = sides.reciprocal().to(offsets.dtype).view(1, 2, 1, 1)
+        else:
+            scale = offsets.new_tensor([1.0 / Hk, 1.0 / Wk]).view(1, 2, 1, 1)
         offsets = offsets.tanh().mul(scale).mul(self.offset_range_factor)
         return offsets.permute(0, 2, 3, 1) + plan.points.to(offsets.dtype)
 

@@ -71,13 +71,14 @@ class InterlacedGroups(Grouping):
 
     lines: int
     axis: str
+    traceable = True  # N and the padding are arithmetic on the size; the mask is built in a graph (padding_key_mask)
 
     def __post_init__(self) -> None:
         check_axis(self.axis)
 
     def build(self, size: Size2, device: torch.device) -> InterlacedPlan:
         rows = self.axis == "rows"
-        groups = -(-(size[0] if rows else size[1]) // self.lines)
+        groups = ((size[0] if rows else size[1]) + self.lines - 1) // self.lines
         padded = padded_size(size, (groups, 1) if rows else (1, groups))
         to_groups = image_to_row_groups if rows else image_to_column_groups
         mask = padding_key_mask(size, padded, device, lambda valid: to_groups(valid, groups))

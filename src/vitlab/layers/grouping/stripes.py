@@ -24,6 +24,7 @@ from vitlab.layers.grouping import (
     Size2,
     batch_mask,
     check_axis,
+    in_graph,
     pad_to_multiple,
     padded_size,
     padding_key_mask,
@@ -61,15 +62,21 @@ class Stripes(Grouping):
 
     width: int
     axis: str | None
+    traceable = True
 
     def __post_init__(self) -> None:
         if self.axis is not None:
             check_axis(self.axis)
 
     def stripe(self, size: Size2) -> Size2:
-        """(sh, sw) of a stripe on a map of `size`: `width` lines across, the full side along."""
-        sh = min(self.width, size[0]) if self.axis == "rows" else size[0]
-        sw = min(self.width, size[1]) if self.axis == "columns" else size[1]
+        """(sh, sw) of a stripe on a map of `size`: `width` lines across, the full side along.
+
+        In a graph (`in_graph`) the stripe keeps its `width` on a narrower map: the map is padded to it and
+        the padding masked, which is the same attention (and the same LePE, zero beyond the map) as the
+        narrower stripe of eager runs, without a decision on the size."""
+        across = self.width if in_graph() else None
+        sh = (across or min(self.width, size[0])) if self.axis == "rows" else size[0]
+        sw = (across or min(self.width, size[1])) if self.axis == "columns" else size[1]
         return sh, sw
 
     def build(self, size: Size2, device: torch.device) -> StripePlan:

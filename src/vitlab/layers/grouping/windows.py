@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.embed import to_2tuple
-from vitlab.layers.grouping import Grouping, Plan, Size2, pad_to_multiple, padded_size
+from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph, pad_to_multiple, padded_size
+from vitlab.layers.grouping.window_graph import GraphWindowPlan, graph_group, graph_ungroup, graph_window_plan
 from vitlab.layers.position import relative_position_index
 
 
@@ -194,6 +195,14 @@ class Windows(Grouping):
         if any(not 0 <= s < w for s, w in zip(self.shift, self.window, strict=True)):
             raise ValueError(f"shift {self.shift} must lie in [0, window) for window {self.window}")
 
+    def plan(self, size: Size2, device: torch.device | str) -> WindowPlan | GraphWindowPlan:
+        """As `Grouping.plan`; while the ONNX tracer or torch.compile traces (`in_graph`), the plan is computed
+        in the graph from the traced sizes (`window_graph`), so that one graph serves every height and
+        width. Eager runs use the cached plan."""
+        if in_graph():
+            return graph_window_plan(size, self.window, self.shift, torch.device(device))
+        return super().plan(size, device)
+
     def build(self, size: Size2, device: torch.device) -> WindowPlan:
         geometry = window_geometry(size, self.window, self.shift)
         mask = shifted_window_mask(geometry.padded, geometry.window, geometry.shift) if any(geometry.shift) else None
@@ -213,6 +222,8 @@ class Windows(Grouping):
 
     def group(self, x: Tensor, plan: WindowPlan) -> Tensor:
         """(B, H, W, C) -> (B * num_windows, N, C): padded, shifted and cut into windows."""
+        if isinstance(plan, GraphWindowPlan):
+            return graph_group(x, plan)
         if _compiling_not_exporting():
             x = pad_to_multiple(x, plan.window, channels_last=True)
             return window_partition(torch.roll(x, (-plan.shift[0], -plan.shift[1]), (1, 2)), plan.window)
@@ -222,6 +233,8 @@ class Windows(Grouping):
 
     def ungroup(self, y: Tensor, plan: WindowPlan) -> Tensor:
         """(B * num_windows, N, C) -> (B, H, W, C): the inverse of `group`, padding dropped."""
+        if isinstance(plan, GraphWindowPlan):
+            return graph_ungroup(y, plan)
         C = y.shape[-1]
         B = y.shape[0] // plan.num_windows
         if _compiling_not_exporting():
