@@ -132,6 +132,12 @@ def other_size(size: tuple[int, int]) -> tuple[int, int]:
     return (size[0] + size[0] // 2 + 1, size[1] - size[1] // 4 + 1)
 
 
+def other_length(length: int) -> int:
+    """A second sequence length to check a graph whose lengths vary at: shorter (torch.export allows no
+    length below 2, and a learned position table none above its own), and other than `length`."""
+    return max(2, length - length // 4 - 1)
+
+
 @dataclass
 class Signature:
     """Names, example values and dynamic axes of a model's inputs and outputs."""
@@ -140,14 +146,19 @@ class Signature:
     outputs: list[str]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
 
-    def with_batch(self, batch: int, model: nn.Module, size: tuple[int, int] | None = None) -> dict[str, Tensor]:
-        """Inputs like the example ones for another batch (and image size), random, seeded."""
-        generator = torch.Generator().manual_seed(batch * 1000 + (size[0] if size else 0))
-        made = {}
+    def with_batch(
+        self, batch: int, model: nn.Module, size: tuple[int, int] | None = None, lengths: bool = False
+    ) -> dict[str, Tensor]:
+        """Inputs like the example ones for another batch (and image size; with `lengths`, token sequences of
+        `other_length`), random, seeded."""
+        generator = torch.Generator().manual_seed(batch * 1000 + (size[0] if size else 0) + lengths)
+        made: dict[str, Tensor] = {}
         for name, value in self.inputs.items():
             shape = [batch, *value.shape[1:]]
             if size is not None and value.ndim == 4:
                 shape[-2:] = size
+            if lengths and value.ndim == 2:  # source and target lengths made different from each other too
+                shape[1] = max(2, other_length(shape[1]) - sum(v.ndim == 2 for v in made.values()))
             if value.dtype.is_floating_point:
                 made[name] = torch.randn(*shape, generator=generator, dtype=value.dtype)
             else:  # token ids: in range, but never the special ones at the start of the vocabulary
