@@ -117,8 +117,8 @@ def default_size(model: nn.Module) -> tuple[int, int]:
 def traced_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> tuple[int, int]:
     """The size a graph is traced at: `size`, or for a graph whose sides vary, a size other than the model's
     own, so that every "resize the position table to the input's grid" step is recorded (`resize_pos_embed`
-    resamples at every size while exporting, but a model's own branch on its size, such as Segmenter's
-    encoder's, is skipped at that size); the checks then run at `size` as well."""
+    resamples at every size while exporting, and so do Segmenter's encoder and decoder, but a model's own
+    branch on its size would be skipped at that size); the checks then run at `size` as well."""
     own = own_size(model)
     spatial = dynamic and dynamic_limit(model) is None and not is_sequence_model(model)
     if spatial and own is not None and tuple(size) == tuple(own):
