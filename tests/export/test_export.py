@@ -154,9 +154,31 @@ def test_torch_export_program_reloads_to_the_same_outputs(name, tmp_path):
         assert any(key.endswith(f"97x{low + (low % 2 == 0)}") for key in result.errors), result.errors
 
 
+def test_segmenter_exported_upsampling_is_the_eager_crop_bit_for_bit(monkeypatch):
+    """While exporting, Segmenter upsamples its masks in one op with the patch as scale (no crop, on which
+    torch.export would guard) and its encoder resamples the position table at every grid: the same values."""
+    torch.manual_seed(0)
+    config = {**get_entry("segmenter_tiny_mask").tiny, "patch_size": (8, 16)}
+    model = vitlab.create_model("segmenter_tiny_mask", **config).eval().double()
+    images = {size: torch.randn(2, 3, *size, dtype=torch.float64) for size in [(64, 64), (97, 49), (41, 80)]}
+    with torch.no_grad():
+        eager = {size: model(x) for size, x in images.items()}
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        for size, x in images.items():
+            assert torch.equal(model(x), eager[size]) and eager[size].shape[-2:] == size
+
+
 @pytest.mark.skipif(os.environ.get("VITLAB_EXPORT_ALL") != "1", reason="minutes per family: VITLAB_EXPORT_ALL=1")
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_export_every_family(name, tmp_path):
     model = tiny(name)
     result = save_program(model, tmp_path / "model.pt2", SIZE, dynamic=True, name=name)
     assert all(err < 1e-4 for err in result.errors.values()), result.errors
+    axes = {axis for spec in result.dynamic_axes.values() for axis in spec.values()}
+    if fixed_batch(model):
+        return
+    assert "batch" in axes and any(key.startswith("batch 3") for key in result.errors), result.errors
+    if is_sequence_model(model):  # batch and lengths symbolic, checked at other lengths
+        assert "target_length" in axes and any("lengths" in key for key in result.errors), result.errors
+    elif dynamic_limit(model) is None:  # height and width symbolic, checked at a second size
+        assert {"height", "width"} <= axes and len({key.split(" at ")[1] for key in result.errors}) == 2

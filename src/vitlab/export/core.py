@@ -113,8 +113,8 @@ def default_size(model: nn.Module) -> tuple[int, int]:
 def traced_size(model: nn.Module, size: tuple[int, int], dynamic: bool) -> tuple[int, int]:
     """The size a graph is traced at: `size`, or for a graph whose sides vary, a size other than the model's
     own, so that every "resize the position table to the input's grid" step is recorded (`resize_pos_embed`
-    resamples at every size while exporting, but a model's own branch on its size, such as Segmenter's
-    encoder's, is skipped at that size); the checks then run at `size` as well."""
+    resamples at every size while exporting, and so do Segmenter's encoder and decoder, but a model's own
+    branch on its size would be skipped at that size); the checks then run at `size` as well."""
     own = own_size(model)
     spatial = dynamic and dynamic_limit(model) is None and not is_sequence_model(model)
     if spatial and own is not None and tuple(size) == tuple(own):
@@ -128,6 +128,12 @@ def other_size(size: tuple[int, int]) -> tuple[int, int]:
     return (size[0] + size[0] // 2 + 1, size[1] - size[1] // 4 + 1)
 
 
+def other_length(length: int) -> int:
+    """A second sequence length to check a graph whose lengths vary at: shorter (torch.export allows no
+    length below 2, and a learned position table none above its own), and other than `length`."""
+    return max(2, length - length // 4 - 1)
+
+
 @dataclass
 class Signature:
     """Names, example values and dynamic axes of a model's inputs and outputs."""
@@ -136,14 +142,19 @@ class Signature:
     outputs: list[str]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
 
-    def with_batch(self, batch: int, model: nn.Module, size: tuple[int, int] | None = None) -> dict[str, Tensor]:
-        """Inputs like the example ones for another batch (and image size), random, seeded."""
-        generator = torch.Generator().manual_seed(batch * 1000 + (size[0] if size else 0))
-        made = {}
+    def with_batch(
+        self, batch: int, model: nn.Module, size: tuple[int, int] | None = None, lengths: bool = False
+    ) -> dict[str, Tensor]:
+        """Inputs like the example ones for another batch (and image size; with `lengths`, token sequences of
+        `other_length`), random, seeded."""
+        generator = torch.Generator().manual_seed(batch * 1000 + (size[0] if size else 0) + lengths)
+        made: dict[str, Tensor] = {}
         for name, value in self.inputs.items():
             shape = [batch, *value.shape[1:]]
             if size is not None and value.ndim == 4:
                 shape[-2:] = size
+            if lengths and value.ndim == 2:  # source and target lengths made different from each other too
+                shape[1] = max(2, other_length(shape[1]) - sum(v.ndim == 2 for v in made.values()))
             if value.dtype.is_floating_point:
                 made[name] = torch.randn(*shape, generator=generator, dtype=value.dtype)
             else:  # token ids: in range, but never the special ones at the start of the vocabulary

@@ -16,6 +16,7 @@ from vitlab.export.core import (
     dynamic_limit,
     export_name,
     flatten_outputs,
+    is_sequence_model,
     other_size,
     requested_size,
     signature,
@@ -51,13 +52,17 @@ def export_program(
         ) from err
 
 
-def symbolic_axes(program: torch.export.ExportedProgram, inputs: list[str]) -> dict[str, dict[int, str]]:
-    """The input axes that stayed symbolic in `program`, under the input names `signature` gives (`inputs`)."""
+def symbolic_axes(
+    program: torch.export.ExportedProgram, inputs: list[str], named: dict[str, dict[int, str]] | None = None
+) -> dict[str, dict[int, str]]:
+    """The input axes that stayed symbolic in `program`, under the input names `signature` gives (`inputs`)
+    and the axis names of `named` (a signature's dynamic axes: "source_length", "target_length"...)."""
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-    names = {0: "batch", 1: "length", 2: "height", 3: "width"}
+    default = {0: "batch", 1: "length", 2: "height", 3: "width"}
     axes = {}
     for key, label in zip(program.graph_signature.user_inputs, inputs, strict=True):
         shape = placeholders[key].meta["val"].shape
+        names = {**default, **(named or {}).get(label, {})}
         dims = {i: names.get(i, f"axis{i}") for i, dim in enumerate(shape) if isinstance(dim, torch.SymInt)}
         if dims:
             axes[label] = dims
@@ -107,14 +112,14 @@ def save_program(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(path))
     seconds = time.perf_counter() - start
-    axes = symbolic_axes(program, list(signature(model, size).inputs))
+    sig = signature(model, size, dynamic=True)
+    axes = symbolic_axes(program, list(sig.inputs), sig.dynamic)
     spatial = any("height" in spec.values() for spec in axes.values())
     if spatial:  # the second size is checked inside the sides torch.export allows (result.ranges)
-        ranges = axis_ranges(program, list(signature(model, size).inputs)).get("images", {})
+        ranges = axis_ranges(program, list(sig.inputs)).get("images", {})
         asked = inside(asked if tuple(asked) != tuple(size) else other_size(size), ranges)
-    reason = (
-        (dynamic_limit(model) or "torch.export specialised the height and width") if dynamic and not spatial else None
-    )
+    fixed_sides = dynamic and not spatial and not is_sequence_model(model)  # a sequence model's image strip is fixed
+    reason = (dynamic_limit(model) or "torch.export specialised the height and width") if fixed_sides else None
     result = ExportResult(path, "torch-export", size, axes, reason, {}, seconds)
     if spatial:
         result.ranges = ranges
@@ -133,8 +138,9 @@ def verify_program(
     asked: tuple[int, int] | None = None,
     least_batch: int = 1,
 ) -> dict[str, float]:
-    """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes)`."""
+    """Max relative error of the reloaded program against `model` at each of `checks_for(size, axes, ...)`,
+    token sequences of other lengths included."""
     module = torch.export.load(str(path)).module()
     run = lambda inputs: flatten_outputs(module(*inputs.values()))  # noqa: E731
     sig = signature(model, size)
-    return compare_at_checks(model, sig, size, axes, asked, name, run, "the reloaded program", least_batch)
+    return compare_at_checks(model, sig, size, axes, asked, name, run, "the reloaded program", least_batch, True)

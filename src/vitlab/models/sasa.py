@@ -82,16 +82,21 @@ class LocalSelfAttention(AttentionLayer):
         if use_flex(x, heads, d, self.attention_store is not None, self.query.weight):
             out = self._flex_forward(x)
             return self.pool(out) if self.pool is not None else out
-        plan = self.grouping.plan((H, W), x.device)
+        # torch.export: the plan is built from the symbolic sizes (the shared cache keys it by Python integers,
+        # which would fix the height and width); eager runs and torch.compile take it from the cache.
+        exporting = torch.compiler.is_exporting()
+        plan = self.grouping.build((H, W), x.device) if exporting else self.grouping.plan((H, W), x.device)
 
+        # Explicit sizes rather than -1 in the views: with symbolic sizes, torch.export simplified the inferred
+        # size (a quotient of products of nested floor divisions) for minutes per layer (docs/export.md).
         def gather(t: Tensor) -> Tensor:  # (B, C, H, W) -> (B * H * W, heads, k * k, d)
-            return self.grouping.group(t, plan).view(-1, window, heads, d).transpose(1, 2)
+            return self.grouping.group(t, plan).view(B * H * W, window, heads, d).transpose(1, 2)
 
         q = self.query(x).permute(0, 2, 3, 1).contiguous().view(B * H * W, heads, 1, d)  # one query per pixel
         k = gather(self.key(x)) + row_column_embeddings(self.emb_row, self.emb_col, heads)
         v = gather(self.value(x))
         out = attend(q, k, v, bias=batch_mask(plan.mask, B), scale=1.0, store=self.attention_store)
-        out = self.grouping.ungroup(out.reshape(B * H * W, heads * d), plan)
+        out = out.reshape(B, H, W, heads * d).permute(0, 3, 1, 2)  # the grouping's ungroup, sizes explicit
         return self.pool(out) if self.pool is not None else out
 
     def _flex_forward(self, x: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from vitlab.layers.blocks import run_blocks
 from vitlab.layers.drop import drop_path_rates
+from vitlab.layers.position import exporting
 from vitlab.models.vit import VisionTransformer, vit_block
 from vitlab.registry import INCEPTION, Preprocess, register_model
 from vitlab.segmentation.base import SegmentationModel, SegmentationOutput, build_backbone
@@ -49,7 +50,7 @@ class SegmenterViT(VisionTransformer):
         self.check_input(x)
         x, grid = self.patch_embed(x)
         pos_embed = self.pos_embed
-        if grid != self.grid_size:
+        if exporting() or grid != self.grid_size:  # exported: always resampled (the identity at the own grid)
             prefix, table = pos_embed[:, : self.num_prefix_tokens], pos_embed[:, self.num_prefix_tokens :]
             table = table.reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
             table = F.interpolate(table, size=grid, mode="bilinear", align_corners=False)
@@ -187,9 +188,10 @@ class Segmenter(SegmentationModel):
             self.decode_head.grad_checkpointing = enable
 
     def _grid(self, x: Tensor) -> tuple[int, int]:
-        # The ceiling in integer division of positive numbers: it also traces when s is a symbolic size (in ONNX,
-        # integer Div truncates, so -(-s // p) would floor)
-        return tuple((s + p - 1) // p for s, p in zip(x.shape[-2:], self.backbone.patch_size, strict=True))
+        # The ceiling of s / p written as the patch embedding pads (`pad_to_multiple`: s + (-s mod p), then p
+        # divides it), so that torch.export sees the same symbolic grid as the encoder's tokens and adds no guard
+        # relating two forms of it; it also traces to ONNX (whose integer Div truncates: -(-s // p) would floor)
+        return tuple((s + -s % p) // p for s, p in zip(x.shape[-2:], self.backbone.patch_size, strict=True))
 
     def forward_logits(self, x: Tensor) -> SegmentationOutput:
         """Masks at the patch grid of the image padded to a multiple of the patch size."""
@@ -200,7 +202,15 @@ class Segmenter(SegmentationModel):
     def forward(self, x: Tensor) -> Tensor:
         """Masks upsampled to the padded image, then the padding cut off (the release's unpadding)."""
         logits = self.forward_logits(x).logits
-        padded = tuple(g * p for g, p in zip(logits.shape[-2:], self.backbone.patch_size, strict=True))
+        patch = self.backbone.patch_size
+        if torch.compiler.is_exporting():
+            # The same values without the crop (checked bit for bit in tests/export): torch.export would guard on
+            # the crop's strides, i.e. on whether the height is a multiple of the patch (the traced size's case).
+            # The scales give the coordinate map of the padded size; the ONNX tracer keeps the crop below (its
+            # Resize would take the scale from the output size).
+            size = [x.shape[-2], x.shape[-1]]
+            return torch.ops.aten.upsample_bilinear2d.default(logits, size, False, float(patch[0]), float(patch[1]))
+        padded = tuple(g * p for g, p in zip(logits.shape[-2:], patch, strict=True))
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
         return logits[..., : x.shape[-2], : x.shape[-1]]
 

@@ -93,8 +93,8 @@ class ImageToSequence(Seq2SeqModel):
 
     def decode(self, tgt: Tensor, memory: Memory, cache: dict[str, Any] | None = None) -> Tensor:
         check_tokens(tgt, self.tgt_vocab_size, "tgt")
-        if len(tgt) != len(memory.states):
-            raise ValueError(f"tgt has {len(tgt)} sequences, the encoded images {len(memory.states)}")
+        if tgt.shape[0] != memory.states.shape[0]:  # not len(): a Python int would fix the batch in torch.export
+            raise ValueError(f"tgt has {tgt.shape[0]} sequences, the encoded images {memory.states.shape[0]}")
         offset = cache["length"] if cache is not None else 0
         x = self.tgt_embed(tgt, offset)
         state = cache.setdefault("layers", {}) if cache is not None else None

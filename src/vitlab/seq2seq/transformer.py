@@ -153,8 +153,8 @@ class TransformerSeq2Seq(Seq2SeqModel):
     ) -> Tensor:
         check_tokens(tgt, self.tgt_vocab_size, "tgt")
         check_padding(tgt_padding, tgt, "tgt_padding")
-        if len(tgt) != len(memory.states):
-            raise ValueError(f"tgt has {len(tgt)} sequences, the encoded source {len(memory.states)}")
+        if tgt.shape[0] != memory.states.shape[0]:  # not len(): a Python int would fix the batch in torch.export
+            raise ValueError(f"tgt has {tgt.shape[0]} sequences, the encoded source {memory.states.shape[0]}")
         if tgt_padding is not None and cache is not None:
             raise ValueError("tgt_padding is for teacher forcing; decoding with a cache takes no padding")
         offset = cache["length"] if cache is not None else 0
