@@ -169,17 +169,15 @@ def checks_for(
     dynamic_axes: dict[str, dict[int, str]],
     asked: tuple[int, int] | None = None,
     least_batch: int = 1,
-    lengths: bool = False,
 ) -> list[tuple[int, tuple[int, int], bool]]:
     """The (batch, size, other lengths) a graph traced at `size` is checked at: the traced batch and size,
-    another batch where it varies, with `lengths` token sequences of `other_length` where lengths vary (the
-    torch.export checks: the ONNX graphs of the sequence models hold the traced lengths, docs/export.md), and
-    where the sides vary the size asked for (when the trace was made at another) or `other_size(size)`."""
+    another batch where it varies, token sequences of `other_length` where lengths vary, and where the
+    sides vary the size asked for (when the trace was made at another) or `other_size(size)`."""
     axes = {axis for spec in dynamic_axes.values() for axis in spec.values()}
     checks = [(2, size, False)]
     if "batch" in axes:
         checks.append((3, size, False))
-    if lengths and any(axis.endswith("length") for axis in axes):  # sequence models: sequences of other lengths
+    if any(axis.endswith("length") for axis in axes):  # sequence models: sequences of other lengths
         checks.append((3, size, True))
     if "height" in axes:
         at = asked if asked is not None and tuple(asked) != tuple(size) else other_size(size)
@@ -225,12 +223,11 @@ def compare_at_checks(
     run: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]],
     runner: str,
     least_batch: int = 1,
-    lengths: bool = False,
 ) -> dict[str, float]:
     """Max relative error of `run` (an exported graph) against `model` at each of `checks_for(size, axes,
     asked)`; ExportError naming `runner` and the check where it cannot run or differs by more than TOLERANCE."""
     errors = {}
-    for batch, at, other_lengths in checks_for(size, axes, asked, least_batch, lengths):
+    for batch, at, other_lengths in checks_for(size, axes, asked, least_batch):
         inputs = sig.with_batch(batch, model, None if at == size else at, other_lengths)
         label = f"batch {batch} at {at[0]}x{at[1]}"
         if other_lengths:

@@ -46,7 +46,9 @@ class EncoderDecoderAttention(AttentionLayer):
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        # view with the input's sizes, not unflatten: the ONNX tracer reads an unflattened tensor's sizes as
+        # constants, and the causal mask (sized from them) would then hold the traced lengths.
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
         self,

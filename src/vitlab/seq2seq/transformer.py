@@ -58,7 +58,8 @@ class PositionalEncoding(nn.Module):
                 )
             return F.embedding(torch.arange(offset, end, device=self.weight.device), self.weight)  # not a view
         table = self.table if end <= self.max_len else sinusoidal_1d(end, self.dim).to(self.table.device)
-        return table[offset:end]
+        # Gathered, not sliced: a slice bound goes through int(), so an exported graph would hold the traced length.
+        return table.index_select(0, torch.arange(offset, end, device=table.device))
 
 
 class TokenEmbedding(nn.Module):
