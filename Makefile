@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one thread each: most tests are small and
+# single-threaded work, so two processes on two cores finish sooner than one process with two threads.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The hardening suite with many more generated examples per model (tests/hardening/conftest.py) and the
 # slow faults (a process of a two-process run killed); `make test` runs a few examples of each.

@@ -44,11 +44,11 @@ def representatives() -> list[str]:
 NAMES = representatives()
 
 
-def tiny(name: str) -> torch.nn.Module:
+def tiny(name: str, **more) -> torch.nn.Module:
     torch.manual_seed(0)
     entry = get_entry(name)
     overrides = {"num_classes": 5} if entry.task == "image-classification" else {}
-    return vitlab.create_model(name, **{**entry.tiny, **overrides}).eval()
+    return vitlab.create_model(name, **{**entry.tiny, **overrides, **more}).eval()
 
 
 def test_every_family_has_a_representative():
@@ -137,9 +137,14 @@ def test_the_command_writes_a_checked_dynamic_onnx_file(tmp_path, capsys):
     assert "checked batch 1 at 28x28" in printed  # the model's own size, traced at another
 
 
+# Swin with two stages (shifted and unshifted windows, a patch merging, windows shorter than a side): its plans
+# are built from symbolic sizes, and torch.export of the four-stage tiny model took 312 s here, two stages 41 s.
+PROGRAM_OVERRIDES = {"swin_tiny_patch4_window7_224": {"depths": (2, 2), "num_heads": (1, 2)}}
+
+
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "segformer_b0"])
 def test_torch_export_program_reloads_to_the_same_outputs(name, tmp_path):
-    model = tiny(name)
+    model = tiny(name, **PROGRAM_OVERRIDES.get(name, {}))
     result = save_program(model, tmp_path / "model.pt2", SIZE, dynamic=True, name=name)
     assert result.path.exists() and all(err < 1e-4 for err in result.errors.values()), result.errors
     assert len(result.errors) >= 2  # the traced batch and another
