@@ -14,33 +14,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import ONE_PER_FAMILY, SHARED_WITH_TIMM
 
 from vitlab.bench import BenchConfig, SideResult, benchmark, machine_description, ratio_summary
 
-SHARED = [
-    "vit_small_patch16_224",
-    "deit_small_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "pvt_v2_b0",
-    "pvt_v2_b2",
-    "convit_tiny",
-]
-OTHERS = [  # one variant of every family timm does not have
-    "cswin_tiny_224",
-    "pale_tiny_224",
-    "axial26s",
-    "sasa_resnet26",
-    "dat_tiny",
-    "ps_vit_b_10",
-    "t2t_vit_14",
-    "ceit_tiny_patch16_224",
-    "hornet_tiny_7x7",
-    "vt_resnet18",
-    "pvt_tiny",
-    "mit_b0",
-    "vitc_tiny_s4_32",
-    "convnet_tiny",
-]
+SHARED = SHARED_WITH_TIMM
+# One variant of every family timm does not have, then MiT, ViT-C and the convolutional baseline.
+OTHERS = [name for name in ONE_PER_FAMILY if name not in SHARED] + ["mit_b0", "vitc_tiny_s4_32", "convnet_tiny"]
 
 
 def megabytes(side: SideResult) -> str:

@@ -13,6 +13,34 @@ from vitlab.bench import inference_throughput, median_seconds, train_step_throug
 
 __all__ = ["inference_throughput", "median_seconds", "train_step_throughput"]
 
+# The models timm shares with vitlab (measured against timm by `make bench`).
+SHARED_WITH_TIMM = [
+    "vit_small_patch16_224",
+    "deit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "pvt_v2_b0",
+    "pvt_v2_b2",
+    "convit_tiny",
+]
+# One variant of every classification family (DeiT shares ViT's code, MiT is PVT v2's backbone).
+ONE_PER_FAMILY = [
+    "vit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "pvt_v2_b0",
+    "pvt_tiny",
+    "cswin_tiny_224",
+    "pale_tiny_224",
+    "axial26s",
+    "sasa_resnet26",
+    "dat_tiny",
+    "ps_vit_b_10",
+    "t2t_vit_14",
+    "convit_tiny",
+    "ceit_tiny_patch16_224",
+    "hornet_tiny_7x7",
+    "vt_resnet18",
+]
+
 
 def alternate(measure: Callable[[torch.nn.Module], float], ours, reference, rounds: int) -> tuple[float, float | None]:
     """Median of `measure(ours)` and `measure(reference)` over `rounds` rounds, in alternation with the

@@ -21,31 +21,14 @@ import platform
 import statistics
 
 import torch
-from common import print_table
+from common import ONE_PER_FAMILY, print_table
 
 import vitlab
 from vitlab.bench import run_rounds
 from vitlab.layers.flex import flex_attention_enabled
 from vitlab.registry import get_entry
 
-# One variant of every classification family (DeiT shares ViT's code, MiT is PVT v2's backbone).
-DEFAULT_MODELS = [
-    "vit_small_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "pvt_v2_b0",
-    "pvt_tiny",
-    "cswin_tiny_224",
-    "pale_tiny_224",
-    "axial26s",
-    "sasa_resnet26",
-    "dat_tiny",
-    "ps_vit_b_10",
-    "t2t_vit_14",
-    "convit_tiny",
-    "ceit_tiny_patch16_224",
-    "hornet_tiny_7x7",
-    "vt_resnet18",
-]
+DEFAULT_MODELS = ONE_PER_FAMILY
 
 
 def measure(names: list[str], sizes: list[int], args: argparse.Namespace) -> dict[str, dict[int, tuple[float, float]]]:
