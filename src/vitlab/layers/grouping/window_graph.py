@@ -16,7 +16,8 @@ This plan takes all three in the graph instead, so that one graph serves every s
   the smaller window. Padding of a side longer than the window is not masked, as in the cached
   plan and the references (zero tokens that take part in attention).
 
-Used while the ONNX tracer runs (`Windows.plan`), and tested in eager mode against the cached plan.
+Used while the ONNX tracer runs and under torch.compile (`Windows.plan`, `in_graph`), and tested in eager
+mode against the cached plan.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
 from vitlab.layers.embed import to_2tuple
-from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph, pad_to_multiple, padded_size
+from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph, padded_size
 from vitlab.layers.grouping.window_graph import GraphWindowPlan, graph_group, graph_ungroup, graph_window_plan
 from vitlab.layers.position import relative_position_index
 
@@ -177,13 +177,6 @@ class _PermuteTokens(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _compiling_not_exporting() -> bool:
-    """Under torch.compile, windows are made by pad + roll + partition, copies that inductor fuses: its
-    index-bounds analysis fails on the computed permutation (torch 2.13 and 2.14). torch.export and the
-    ONNX exporter keep the permutation, which exports without a roll."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-
-
 @dataclass(frozen=True)
 class Windows(Grouping):
     """M x M windows (`window` = (Mh, Mw)), rolled up-left by `shift` first (shifted windows) when it is not 0."""
@@ -224,9 +217,6 @@ class Windows(Grouping):
         """(B, H, W, C) -> (B * num_windows, N, C): padded, shifted and cut into windows."""
         if isinstance(plan, GraphWindowPlan):
             return graph_group(x, plan)
-        if _compiling_not_exporting():
-            x = pad_to_multiple(x, plan.window, channels_last=True)
-            return window_partition(torch.roll(x, (-plan.shift[0], -plan.shift[1]), (1, 2)), plan.window)
         B, H, W, C = x.shape
         windows = _PermuteTokens.apply(x.reshape(B, H * W, C), plan.gather, plan.scatter, plan.padding, None)
         return windows.view(-1, plan.window_area, C)
@@ -237,10 +227,6 @@ class Windows(Grouping):
             return graph_ungroup(y, plan)
         C = y.shape[-1]
         B = y.shape[0] // plan.num_windows
-        if _compiling_not_exporting():
-            (Hp, Wp), (wh, ww) = plan.padded, plan.window
-            x = y.view(B, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
-            return torch.roll(x, plan.shift, (1, 2))[:, : plan.size[0], : plan.size[1]]
         tokens = _PermuteTokens.apply(y.reshape(B, -1, C), plan.scatter, plan.gather, None, plan.padding)
         return tokens.view(B, plan.size[0], plan.size[1], C)
 
