@@ -82,10 +82,7 @@ class LocalSelfAttention(AttentionLayer):
         if use_flex(x, heads, d, self.attention_store is not None, self.query.weight):
             out = self._flex_forward(x)
             return self.pool(out) if self.pool is not None else out
-        # torch.export: the plan is built from the symbolic sizes (the shared cache keys it by Python integers,
-        # which would fix the height and width); eager runs and torch.compile take it from the cache.
-        exporting = torch.compiler.is_exporting()
-        plan = self.grouping.build((H, W), x.device) if exporting else self.grouping.plan((H, W), x.device)
+        plan = self.grouping.plan((H, W), x.device)
 
         # Explicit sizes rather than -1 in the views: with symbolic sizes, torch.export simplified the inferred
         # size (a quotient of products of nested floor divisions) for minutes per layer (docs/export.md).

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.layers.grouping import Grouping, Plan, Size2
+from vitlab.layers.grouping import Grouping, Plan, Size2, is_tracing
 
 
 def neighbourhoods(x: Tensor, kernel_size: int) -> Tensor:
@@ -52,9 +52,10 @@ class Neighbourhoods(Grouping):
             )
 
     def plan(self, size: Size2, device: torch.device | str) -> NeighbourhoodPlan:
-        """As `Grouping.plan`; while the ONNX tracer runs, built in the graph from the traced sizes (not the
-        cache's Python integers), so that an exported graph masks the neighbourhoods of the size it is given."""
-        if torch.jit.is_tracing():
+        """As `Grouping.plan`; while a graph is exported (the ONNX tracer, torch.export), built in the graph
+        from the traced or symbolic sizes (not the cache's Python integers, which would fix the height and
+        width), so that an exported graph masks the neighbourhoods of the size it is given."""
+        if is_tracing():
             return self.build(size, torch.device(device))
         return super().plan(size, device)
 
