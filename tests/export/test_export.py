@@ -72,6 +72,9 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
         assert {"batch", "height", "width"} <= axes or (is_sequence_model(model) and "batch" in axes)
         if not is_sequence_model(model):  # checked at the traced size and at one the trace never saw
             assert len({key.split(" at ")[1] for key in result.errors}) == 2, result.errors
+        else:  # declared lengths are checked at lengths the trace never saw
+            assert any(axis.endswith("length") for axis in axes), axes
+            assert any(", lengths " in key for key in result.errors), result.errors
     else:
         assert "height" not in axes and result.static_reason == reason
         assert reason in result.describe()
