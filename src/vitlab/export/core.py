@@ -23,9 +23,6 @@ class ExportError(ValueError):
 # why. Keyed by model class; `dynamic_limit` adds the reasons that depend on a model's options. The
 # tests export every family and check that exactly these are static, with these messages.
 STATIC_SHAPES: dict[str, str] = {
-    "AxialResNet": "each axial layer crops its relative-position table for an axis no longer than the layer's "
-    "span and resamples it for a longer one, a choice made in Python from the map size: a traced graph holds "
-    "the traced size's branch only; the sizes it serves are not declared, so the graph is kept static",
     "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
     "is built from the image size as Python integers",
 }

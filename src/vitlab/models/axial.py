@@ -25,9 +25,11 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, record_attention
+from vitlab.layers.grouping import in_graph
 from vitlab.layers.grouping.axes import Axes
 from vitlab.layers.position import relative_index_1d, resize_relative_table_1d
 from vitlab.models.resnet import ConvStemResNet
@@ -76,19 +78,37 @@ class AxialAttention(AttentionLayer):
         nn.init.normal_(self.relative, 0.0, math.sqrt(1.0 / self.group_planes))
 
     def relative_embeddings(self, length: int) -> Tensor:
-        """(2 group_planes, length, length): entry [:, i, j] embeds the offset i - j."""
+        """(2 group_planes, length, length): entry [:, i, j] embeds the offset i - j.
+
+        Eager runs crop the table (an axis no longer than the span) or resample it (a longer one). While a
+        graph is traced (`in_graph`) that choice on the length is made by `centred_relative_embeddings`
+        with operations that hold for every length, so one graph serves axes on both sides of the span.
+        """
+        if in_graph():
+            return centred_relative_embeddings(self.relative, self.span, length)
         if length <= self.span:
             index = self.flatten_index.view(self.span, self.span)[:length, :length]
             return self.relative[:, index]
         table = resize_relative_table_1d(self.relative, 2 * length - 1)
         return table[:, relative_index_1d(length, table.device)]
 
+    def project_qkv(self, x: Tensor) -> Tensor:
+        """The 1x1 convolution `qkv_transform` of the (B * other axis, C, L) sequences.
+
+        In a graph it is the same product written as a matmul: choosing a convolution's CPU kernel compares
+        its batch, here B times the other axis, with 16 (1x1 filters, one thread), so under torch.compile
+        the convolution would guard on every stage's map size and recompile where a size crosses it.
+        """
+        if in_graph():
+            return torch.matmul(self.qkv_transform.weight[:, :, 0], x)
+        return self.qkv_transform(x)
+
     def forward(self, x: Tensor) -> Tensor:
         plan = self.grouping.plan(x.shape[-2:], x.device)
         x = self.grouping.group(x, plan)  # (B * other axis, C, L)
         n, _, length = x.shape
         gp = self.group_planes
-        qkv = self.bn_qkv(self.qkv_transform(x)).view(n, self.groups, gp * 2, length)
+        qkv = self.bn_qkv(self.project_qkv(x)).view(n, self.groups, gp * 2, length)
         q, k, v = torch.split(qkv, [gp // 2, gp // 2, gp], dim=2)
         r_q, r_k, r_v = torch.split(self.relative_embeddings(length), [gp // 2, gp // 2, gp], dim=0)
 
@@ -106,6 +126,31 @@ class AxialAttention(AttentionLayer):
         out = self.bn_output(out).view(n, self.out_planes, 2, length).sum(dim=2)
         out = self.grouping.ungroup(out, plan)
         return self.pooling(out) if self.pooling is not None else out
+
+
+def _at_least(n: int | Tensor, low: int) -> int | Tensor:
+    """max(n, low) of a length that may be traced (a 0-dim tensor under the ONNX tracer) or symbolic
+    (torch.compile, torch.export), without a Python comparison that would freeze or guard the length."""
+    return torch.clamp(n, min=low) if isinstance(n, Tensor) else torch.sym_max(n, low)
+
+
+def centred_relative_embeddings(relative: Tensor, span: int, length: int | Tensor) -> Tensor:
+    """What `AxialAttention.relative_embeddings` gives eagerly, for a traced or symbolic `length`.
+
+    The (C, 2 span - 1) table of offsets -(span - 1)..span - 1 is always resampled (linear, end points
+    aligned) to M = max(2 length - 1, 2 span - 1) offsets; entry [:, i, j] is then row i - j + (M - 1) / 2,
+    the offset i - j. For an axis no longer than the span, M is the table's own size, where this
+    interpolation is exactly the identity (source position i, weights 1 and 0), and the rows taken are
+    eager's crop of the middle; for a longer one it is eager's resampling to 2 length - 1 offsets. The
+    resampling runs in float32 as eager's does (`resize_relative_table_1d`), except for a float64 table,
+    which keeps float64 so that it stays exact within the span (eager rounds a longer axis's table
+    through float32).
+    """
+    offsets = _at_least(2 * length - 1, 2 * span - 1)
+    dtype = torch.float64 if relative.dtype == torch.float64 else torch.float32
+    table = F.interpolate(relative[None].to(dtype), size=offsets, mode="linear", align_corners=True)[0]
+    positions = torch.arange(length, device=relative.device)
+    return table.to(relative.dtype)[:, positions[:, None] - positions[None, :] + (offsets - 1) // 2]
 
 
 class AxialBlock(nn.Module):
