@@ -144,6 +144,26 @@ def test_swin_window_attention_compiles_two_graphs_for_four_sizes():
     assert counter.frame_count == 2
 
 
+def test_axial_attention_compiles_two_graphs_for_sizes_across_the_span():
+    """An Axial-ResNet block (column and row attention, the second strided): in a graph each layer resamples its
+    relative table to max(2 L - 1, 2 span - 1) offsets and gathers the centred rows, so after the first, static
+    graph one graph with symbolic sides serves axes shorter than, equal to and longer than the span (8). (Before:
+    the crop-or-resample choice `length <= span` and the 1x1 convolution's kernel choice, B * axis >= 16 on one
+    thread, guarded on the sizes: 4 graphs here, and 4 for the tiny axial26s at four sizes; docs/export.md.)"""
+    from vitlab.models.axial import AxialBlock
+
+    torch.manual_seed(0)
+    block = AxialBlock(8, 4, stride=2, groups=2, span=8, downsample=True).eval()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend=counter)
+    for size in [(6, 6), (8, 8), (12, 9), (10, 5)]:
+        x = torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(size[0]))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
 def test_train_compile_runs_the_same_step_compiled(tmp_path):
     from tests.train.test_wiring import first_batch, prepared
 

@@ -81,19 +81,18 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
         assert ("batch" in axes) == (not fixed_batch(model))
 
 
-def test_the_static_families_are_static_for_the_reason_given(tmp_path):
-    """Declaring height and width dynamic for a family listed in STATIC_SHAPES gives a graph that is wrong
-    (or cannot run) at another size: the listing is needed, not a precaution."""
-    model = tiny("ps_vit_b_10")
-    assert "sampling points" in STATIC_SHAPES["PSViT"]
+def test_the_static_families_are_static_for_the_reason_given(tmp_path, monkeypatch):
+    """Declaring height and width dynamic for a model kept static gives a graph that cannot be made (or is wrong at
+    another size): the listing is needed, not a precaution. (`STATIC_SHAPES` is empty now that Axial and PS-ViT
+    build their tables and point grids in the graph; linear SRA's adaptive pooling is static.)"""
     import vitlab.export.core as core
 
-    saved = core.STATIC_SHAPES.pop("PSViT")
-    try:
-        with pytest.raises(ExportError, match="onnxruntime"):
-            export_onnx(model, tmp_path / "psvit.onnx", SIZE, dynamic=True)
-    finally:
-        core.STATIC_SHAPES["PSViT"] = saved
+    assert STATIC_SHAPES == {}
+    model = tiny("pvt_v2_b2_li")
+    assert "adaptive average pooling" in dynamic_limit(model)
+    monkeypatch.setattr(core, "_pools_adaptively", lambda model: False)
+    with pytest.raises(ExportError, match="adaptive_avg_pool2d"):
+        export_onnx(model, tmp_path / "li.onnx", (224, 224), dynamic=True)
 
 
 def test_a_static_export_names_the_size_it_was_traced_at(tmp_path):

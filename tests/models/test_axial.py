@@ -3,7 +3,7 @@ import torch
 
 import vitlab
 from vitlab.checkpoint import load_state_dict
-from vitlab.models.axial import AxialAttention
+from vitlab.models.axial import AxialAttention, centred_relative_embeddings
 
 # Parameter counts and MACs of the authors' release at 224x224 (references/backbones.md section 14).
 PARAMS = {"axial26s": 5.94, "axial50s": 11.59, "axial50m": 25.18, "axial50l": 43.97}
@@ -148,3 +148,47 @@ def test_bad_configurations_are_named():
         small(layers=(1, 1, 1))
     with pytest.raises(ValueError, match="divisible by groups 3"):
         small(groups=3)
+
+
+def naive_resampled_offsets(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Entry [:, i, j] by hand: offset i - j of 2 length - 1 offsets sits at (i - j + length - 1) (2 span - 2)
+    / (2 length - 2) in the table of 2 span - 1 offsets (end points aligned), read linearly."""
+    span = (table.shape[1] + 1) // 2
+    out = torch.empty(table.shape[0], length, length, dtype=table.dtype)
+    for i in range(length):
+        for j in range(length):
+            position = (i - j + length - 1) * (2 * span - 2) / (2 * length - 2)
+            low = min(int(position), 2 * span - 3)
+            weight = position - low
+            out[:, i, j] = table[:, low] * (1 - weight) + table[:, low + 1] * weight
+    return out
+
+
+def test_in_a_graph_one_resampling_serves_axes_shorter_and_longer_than_the_span():
+    """The graph's table (resampled to max(2 L - 1, 2 span - 1) offsets, centred rows gathered) is eager's crop
+    of the middle for L <= span (resampling to its own size is the identity) and eager's interpolation beyond."""
+    layer = AxialAttention(8, 8, groups=2, span=7)
+    for length in range(1, 17):
+        eager = layer.relative_embeddings(length)
+        assert torch.equal(centred_relative_embeddings(layer.relative, 7, length), eager), length
+    table = layer.relative.detach().double()  # float64 keeps float64 in the graph (eager rounds through float32)
+    for length in (8, 11, 16):
+        graph = centred_relative_embeddings(table, 7, length)
+        torch.testing.assert_close(graph, naive_resampled_offsets(table, length), rtol=1e-13, atol=1e-14)
+    traced = centred_relative_embeddings(table, 7, torch.tensor(11))  # the ONNX tracer's 0-dim sizes
+    assert torch.equal(traced, centred_relative_embeddings(table, 7, 11))
+
+
+def test_the_graph_branch_gives_the_eager_outputs(monkeypatch):
+    """The whole model with the graph's branch (a trace said to be running) against the eager path, float64.
+    Spans 16, 16, 8, 4: 48x48 is shorter everywhere, 64x64 equal, 97x49 and 130x72 longer on some axes."""
+    model = randomize(small()).double()
+    for size, tolerance in [((48, 48), 1e-12), ((64, 64), 1e-12), ((97, 49), 1e-8), ((130, 72), 1e-8)]:
+        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        with torch.no_grad():
+            expected = model(x)
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.jit, "is_tracing", lambda: True)
+                actual = model(x)
+        # (Longer axes: eager resamples the table in float32, the graph in float64.)
+        assert ((actual - expected).abs().max() / expected.abs().max()).item() < tolerance, size

@@ -12,7 +12,7 @@ import torch
 import vitlab
 from vitlab.analysis.complexity import count_params
 from vitlab.checkpoint import CheckpointError, load_state_dict
-from vitlab.models.psvit import bilinear_sample, initial_points
+from vitlab.models.psvit import bilinear_sample, grid_points, initial_points, rounded_points
 
 # Parameter counts in millions (references/backbones.md section 11; the README's 21.3M for every B
 # variant: the iterations share their weights and the points are a buffer). B/10 is not in the
@@ -163,3 +163,34 @@ def test_a_checkpoint_of_another_variant_is_refused_with_the_keys_named(source, 
     with pytest.raises(CheckpointError, match="mis-shaped keys") as error:
         load_state_dict(model, state, source=f"{source}.pth")
     assert named in str(error.value)
+
+
+def test_in_a_graph_the_points_follow_the_traced_size():
+    """The graph's count of points (integer arithmetic, half to even as Python's round) and grid (tensor
+    operations) against the eager ones, for ints and the ONNX tracer's 0-dim tensors; ties such as
+    14 * 40 / 224 = 2.5 (-> 2) and 14 * 56 / 224 = 3.5 (-> 4) included."""
+    for num, own in [(14, 224), (10, 224), (18, 224), (4, 64)]:
+        for side in range(1, 300):
+            expected = max(1, round(num * side / own))
+            assert rounded_points(num, side, own) == expected == int(rounded_points(num, torch.tensor(side), own))
+    cpu = torch.device("cpu")
+    for size in [(14, 14, 56, 56), (3, 7, 13, 29), (7, 9, 25, 33), (13, 11, 51, 47), (1, 2, 3, 9)]:
+        for dtype in (torch.float32, torch.float64):
+            expected = initial_points(*size, dtype=dtype)
+            assert torch.equal(grid_points(*size, cpu, dtype), expected)
+            assert torch.equal(grid_points(*map(torch.tensor, size), cpu, dtype), expected)
+
+
+def test_the_graph_branch_gives_the_eager_outputs(monkeypatch):
+    model = vitlab.create_model("ps_vit_b_10", embed_dim=16, depth=3, num_iters=2, num_heads=2, stem_width=8,
+                                stem_channels=16, num_classes=3).eval().double()  # fmt: skip
+    with torch.no_grad():
+        for layer in model.ps_layers[:-1]:  # offsets that move the points
+            layer.offset_layer.weight.normal_(0, 0.5)
+    for size in [(64, 64), (97, 49), (56, 24)]:  # 4x4, 4x2 and 2x1 points (2.5 -> 2)
+        x = torch.randn(2, 3, *size, dtype=torch.float64)
+        with torch.no_grad():
+            expected = model(x)
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.jit, "is_tracing", lambda: True)
+                assert torch.equal(model(x), expected), size

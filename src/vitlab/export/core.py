@@ -22,10 +22,7 @@ class ExportError(ValueError):
 # The families whose exported graphs keep a fixed height and width (the batch axis stays dynamic), and
 # why. Keyed by model class; `dynamic_limit` adds the reasons that depend on a model's options. The
 # tests export every family and check that exactly these are static, with these messages.
-STATIC_SHAPES: dict[str, str] = {
-    "PSViT": "its grid of sampling points (their number is rounded from the image size with Python's round()) "
-    "is built from the image size as Python integers",
-}
+STATIC_SHAPES: dict[str, str] = {}  # none at present: Axial and PS-ViT were here (docs/export.md)
 # The families whose graphs keep every axis fixed, batch included, and why.
 STATIC_ALL: dict[str, str] = {
     "RecurrentSeq2Seq": "the recurrence loops over time steps in Python, so a traced graph unrolls the traced "
