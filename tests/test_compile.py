@@ -148,8 +148,8 @@ def test_axial_attention_compiles_two_graphs_for_sizes_across_the_span():
     """An Axial-ResNet block (column and row attention, the second strided): in a graph each layer resamples its
     relative table to max(2 L - 1, 2 span - 1) offsets and gathers the centred rows, so after the first, static
     graph one graph with symbolic sides serves axes shorter than, equal to and longer than the span (8). (Before:
-    the crop-or-resample choice `length <= span` and the 1x1 convolution's kernel choice, B * axis >= 16 on one
-    thread, guarded on the sizes: 4 graphs here, and 4 for the tiny axial26s at four sizes; docs/export.md.)"""
+    the crop-or-resample choice `length <= span` and the 1x1 convolution's kernel choice, B * axis >= 16, guarded
+    on the sizes: 4 graphs here, and 4 for the tiny axial26s at four sizes; docs/export.md.)"""
     from vitlab.models.axial import AxialBlock
 
     torch.manual_seed(0)

@@ -15,7 +15,8 @@ Input sizes: the relative table of a layer covers offsets up to its *span* - 1, 
 of the `img_size` the model was built for (56 in stage 1 for 224, as in the release). Shorter
 axes use the middle of the table (the offsets they need); longer axes get the table linearly
 interpolated to the offsets they need, on the fly; `adapt_state_dict` does the same once for a
-checkpoint made for another `img_size`. Odd sizes are fine: the stride-2 average pooling rounds
+checkpoint made for another `img_size`. In a graph (ONNX, torch.export, torch.compile) the choice is not made
+in Python: `centred_relative_embeddings` serves every length. Odd sizes are fine: the stride-2 average pooling rounds
 up (`ceil_mode`), as the strided 1x1 shortcut does, and pools the last row/column on its own.
 """
 
@@ -96,7 +97,7 @@ class AxialAttention(AttentionLayer):
         """The 1x1 convolution `qkv_transform` of the (B * other axis, C, L) sequences.
 
         In a graph it is the same product written as a matmul: choosing a convolution's CPU kernel compares
-        its batch, here B times the other axis, with 16 (1x1 filters, one thread), so under torch.compile
+        its batch, here B times the other axis, with 16 (torch's backend choice), so under torch.compile
         the convolution would guard on every stage's map size and recompile where a size crosses it.
         """
         if in_graph():

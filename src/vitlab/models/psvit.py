@@ -25,7 +25,9 @@ Our choices: the official model only takes `img_size` inputs. Here the points ke
 have at `img_size` (a stride of img_size / num_points pixels), so another input size gets
 proportionally more or fewer points on its own map, like a ViT's patches; the grid and the position
 scale use the map's own height and width. At `img_size` (a multiple of 4) this is the official
-computation; the grids are computed in float32 as the official buffer is, and cached per size.
+computation; the grids are computed in float32 as the official buffer is, and cached per size. In
+a graph (ONNX, torch.export, torch.compile) the count of points and the grid are computed from the
+traced sizes with tensor operations instead (`rounded_points`, `grid_points`: the same values).
 """
 
 from __future__ import annotations
