@@ -95,6 +95,23 @@ def test_the_static_families_are_static_for_the_reason_given(tmp_path, monkeypat
         export_onnx(model, tmp_path / "li.onnx", (224, 224), dynamic=True)
 
 
+def test_one_axial_graph_serves_axes_shorter_and_longer_than_the_spans(tmp_path):
+    """Spans 16, 16, 8, 4 (img_size 64): traced at 97x49 (the model's own size is skipped: some axes longer than
+    their span), the ONNX graph runs at 48x48 (all shorter), 64x64 (equal) and 130x72 (longer, other axes)."""
+    import onnxruntime
+
+    model = tiny("axial26s", img_size=64)
+    result = export_onnx(model, tmp_path / "axial.onnx", (64, 64), dynamic=True)
+    assert result.size == (97, 49) and all(err < 1e-4 for err in result.errors.values()), result.errors
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for size in [(48, 48), (130, 72)]:
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+        with torch.no_grad():
+            expected = model(x)
+        actual = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-4, size
+
+
 def test_a_static_export_names_the_size_it_was_traced_at(tmp_path):
     result = export_onnx(tiny("deit_tiny_patch16_224"), tmp_path / "deit.onnx", (48, 80))
     assert result.dynamic_axes == {} and list(result.errors) == ["batch 2 at 48x80"]
