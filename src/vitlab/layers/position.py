@@ -161,7 +161,8 @@ def resize_relative_table_1d(table: Tensor, length: int) -> Tensor:
     if length <= old:
         start = (old - length) // 2
         return table[..., start : start + length]
-    return F.interpolate(table[None].float(), size=length, mode="linear", align_corners=True)[0].to(table.dtype)
+    work = torch.float64 if table.dtype == torch.float64 else torch.float32
+    return F.interpolate(table[None].to(work), size=length, mode="linear", align_corners=True)[0].to(table.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,9 +143,7 @@ def centred_relative_embeddings(relative: Tensor, span: int, length: int | Tenso
     the offset i - j. For an axis no longer than the span, M is the table's own size, where this
     interpolation is exactly the identity (source position i, weights 1 and 0), and the rows taken are
     eager's crop of the middle; for a longer one it is eager's resampling to 2 length - 1 offsets. The
-    resampling runs in float32 as eager's does (`resize_relative_table_1d`), except for a float64 table,
-    which keeps float64 so that it stays exact within the span (eager rounds a longer axis's table
-    through float32).
+    resampling runs in float32 as eager's does (`resize_relative_table_1d`), in float64 for a float64 table.
     """
     offsets = _at_least(2 * length - 1, 2 * span - 1)
     dtype = torch.float64 if relative.dtype == torch.float64 else torch.float32
