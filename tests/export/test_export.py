@@ -192,6 +192,19 @@ def test_segmenter_exported_upsampling_is_the_eager_crop_bit_for_bit(monkeypatch
             assert torch.equal(model(x), eager[size]) and eager[size].shape[-2:] == size
 
 
+def test_a_ps_vit_program_starts_at_the_sides_with_two_points():
+    """torch.export specialises a side of one point; PS-ViT's program starts where every side has two, so a
+    smaller image is refused naming the side (`x.size()[2] >= 34`), not a guard on the points' formula.
+    By hand for B/10 at 224: round(10 * 34 / 224) = round(1.52) = 2, round(10 * 33 / 224) = round(1.47) = 1."""
+    from vitlab.export.program import _dim
+
+    model = tiny("ps_vit_b_10")
+    assert model.symbolic_min_size == (34, 34)
+    assert vitlab.create_model("ps_vit_b_14").symbolic_min_size == (24, 24)  # round(14 * 24 / 224) = round(1.5) = 2
+    assert _dim(model, 2) == torch.export.Dim.AUTO(min=34) and _dim(model, 0) == torch.export.Dim.AUTO
+    assert _dim(tiny("vit_small_patch16_224"), 2) == torch.export.Dim.AUTO
+
+
 @pytest.mark.skipif(os.environ.get("VITLAB_EXPORT_ALL") != "1", reason="minutes per family: VITLAB_EXPORT_ALL=1")
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_export_every_family(name, tmp_path):
@@ -206,3 +219,5 @@ def test_torch_export_every_family(name, tmp_path):
         assert "target_length" in axes and any("lengths" in key for key in result.errors), result.errors
     elif dynamic_limit(model) is None:  # height and width symbolic, checked at a second size
         assert {"height", "width"} <= axes and len({key.split(" at ")[1] for key in result.errors}) == 2
+    if getattr(model, "symbolic_min_size", None) is not None:  # PS-ViT: smaller sides refused by name
+        assert (result.ranges[2][0], result.ranges[3][0]) == model.symbolic_min_size

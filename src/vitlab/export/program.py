@@ -40,8 +40,7 @@ def export_program(
     check_runs(model, sig.inputs, name)
     shapes = None
     if dynamic:
-        auto = torch.export.Dim.AUTO
-        shapes = tuple({axis: auto for axis in sig.dynamic.get(key, {})} or None for key in sig.inputs)
+        shapes = tuple({axis: _dim(model, axis) for axis in sig.dynamic.get(key, {})} or None for key in sig.inputs)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -50,6 +49,15 @@ def export_program(
         raise ExportError(
             f"torch.export cannot trace {name}: {type(err).__name__}: {str(err).splitlines()[0]}"
         ) from err
+
+
+def _dim(model: nn.Module, axis: int) -> object:
+    """`Dim.AUTO` for an input axis, bounded below for the sides of a model with a `symbolic_min_size`, so that
+    the program refuses a smaller side by name instead of failing a guard on an expression of it."""
+    least = getattr(model, "symbolic_min_size", None)
+    if least is None or axis not in (2, 3):
+        return torch.export.Dim.AUTO
+    return torch.export.Dim.AUTO(min=least[axis - 2])
 
 
 def symbolic_axes(

@@ -56,6 +56,9 @@ class Backbone(SavesPretrained, nn.Module):
 
     feature_format: ClassVar[str] = "NCHW"
     min_input_size: ClassVar[int] = 1  # the smallest side the model can take
+    # The smallest (height, width) one torch.export program with symbolic sides serves, where that is more
+    # than `min_input_size` (torch specialises sizes of 1: a side the model maps to 1 needs its own program).
+    symbolic_min_size: tuple[int, int] | None = None
     has_patch_tokens: ClassVar[bool] = False  # forward_patch_tokens (patch-diversification losses)
     global_pool: str = "avg"
     num_prefix_tokens: int = 0

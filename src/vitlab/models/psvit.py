@@ -312,6 +312,14 @@ class PSViT(Backbone):
             max(1, round(n * s / s0)) for n, s, s0 in zip(self.num_points, image_size, self.img_size, strict=True)
         )
 
+    @property
+    def symbolic_min_size(self) -> tuple[int, int]:
+        """The smallest sides with at least 2 points each: a side of one point is specialised by torch.export."""
+        smallest = [
+            next(s for s in range(1, 8 * s0) if self.points_for((s, s))[i] >= 2) for i, s0 in enumerate(self.img_size)
+        ]
+        return (smallest[0], smallest[1])
+
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint made at another img_size carries that size's grid: use this model's (same shape)."""
         grid = state_dict.get("point_coord")
