@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vitlab
 from vitlab.export import (
@@ -63,8 +64,7 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
         with pytest.raises(ExportError, match=re.escape("cannot be exported to ONNX: " + onnx_limit(model))):
             export_onnx(model, tmp_path / "model.onnx", SIZE, dynamic=True, name=name)
         return
-    size = (224, 224) if "pooling to 7x7" in (dynamic_limit(model) or "") else SIZE  # maps of 56, 28, 14, 7
-    result = export_onnx(model, tmp_path / "model.onnx", size, dynamic=True, name=name)
+    result = export_onnx(model, tmp_path / "model.onnx", SIZE, dynamic=True, name=name)
     axes = {axis for spec in result.dynamic_axes.values() for axis in spec.values()}
     reason = dynamic_limit(model)
     assert all(err < 1e-4 for err in result.errors.values()), result.errors
@@ -82,17 +82,31 @@ def test_onnx_round_trip_at_two_sizes(name, tmp_path):
 
 
 def test_the_static_families_are_static_for_the_reason_given(tmp_path, monkeypatch):
-    """Declaring height and width dynamic for a model kept static gives a graph that cannot be made (or is wrong at
-    another size): the listing is needed, not a precaution. (`STATIC_SHAPES` is empty now that Axial and PS-ViT
-    build their tables and point grids in the graph; linear SRA's adaptive pooling is static.)"""
+    """Declaring the axes dynamic for a model kept static gives a graph that is wrong at another batch or length:
+    the listing is needed, not a precaution. (`STATIC_SHAPES` is empty now that Axial and PS-ViT build their
+    tables and point grids in the graph, and linear SRA pools by products the tracer records; the recurrent
+    models keep every axis.)"""
     import vitlab.export.core as core
 
     assert STATIC_SHAPES == {}
-    model = tiny("pvt_v2_b2_li")
-    assert "adaptive average pooling" in dynamic_limit(model)
-    monkeypatch.setattr(core, "_pools_adaptively", lambda model: False)
-    with pytest.raises(ExportError, match="adaptive_avg_pool2d"):
-        export_onnx(model, tmp_path / "li.onnx", (224, 224), dynamic=True)
+    model = tiny("gru_luong_small")
+    assert "loops over time steps in Python" in dynamic_limit(model) and fixed_batch(model)
+    monkeypatch.setattr(core, "STATIC_ALL", {})
+    with pytest.raises(ExportError, match="cannot run the graph for batch 3"):  # the batch of 2 was unrolled
+        export_onnx(model, tmp_path / "gru.onnx", SIZE, dynamic=True)
+
+
+def test_linear_reduction_pools_by_products_that_trace_as_adaptive_pooling_does():
+    """Linear SRA's 7x7 pooling while the ONNX tracer runs: products with bin-averaging matrices, the values of
+    `F.adaptive_avg_pool2d` at sides shorter than, equal to, multiples of and not multiples of 7. By hand for a
+    side of 5 pooled to 7 bins: bin i covers [floor(5 i / 7), ceil(5 (i + 1) / 7)): 0, 0-1, 1-2, 2, 2-3, 3-4, 4."""
+    from vitlab.layers.grouping.reduction import adaptive_average_pool, pooling_matrix
+
+    bins = (pooling_matrix(5, 7, torch.ones(1)) > 0).nonzero().tolist()
+    assert bins == [[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [3, 2], [4, 2], [4, 3], [5, 3], [5, 4], [6, 4]]
+    for size in [(7, 7), (5, 9), (56, 56), (97, 49), (3, 1)]:
+        x = torch.randn(2, 4, *size, dtype=torch.float64)
+        torch.testing.assert_close(adaptive_average_pool(x, 7), F.adaptive_avg_pool2d(x, 7), rtol=1e-13, atol=1e-15)
 
 
 def test_one_axial_graph_serves_axes_shorter_and_longer_than_the_spans(tmp_path):

@@ -28,11 +28,6 @@ STATIC_ALL: dict[str, str] = {
     "RecurrentSeq2Seq": "the recurrence loops over time steps in Python, so a traced graph unrolls the traced "
     "batch and lengths",
 }
-_ADAPTIVE_POOL = (
-    "its adaptive average pooling (linear SRA's pooling to 7x7) needs the whole input shape, batch included, "
-    "when torch.onnx traces it, and a map whose sides are multiples of 7 (as at 224x224)"
-)
-
 # Families that do not export to ONNX at all, and why: none at present (SASA, PS-ViT and HorNet with global
 # filters were here until their layers were made traceable; docs/export.md).
 NO_ONNX: dict[str, str] = {}
@@ -55,18 +50,12 @@ def dynamic_limit(model: nn.Module) -> str | None:
         return "its 'flatten' head classifies a fixed number of patches (a fixed-size head)"
     if family(model) in STATIC_ALL:
         return STATIC_ALL[family(model)]
-    if _pools_adaptively(model):
-        return _ADAPTIVE_POOL
     return STATIC_SHAPES.get(family(model))
 
 
-def _pools_adaptively(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1)) for m in model.modules())
-
-
 def fixed_batch(model: nn.Module) -> bool:
-    """Whether every axis of `model`'s exported graph is fixed, batch included (`STATIC_ALL`, adaptive pooling)."""
-    return family(model) in STATIC_ALL or _pools_adaptively(model)
+    """Whether every axis of `model`'s exported graph is fixed, batch included (`STATIC_ALL`)."""
+    return family(model) in STATIC_ALL
 
 
 def is_sequence_model(model: nn.Module) -> bool:

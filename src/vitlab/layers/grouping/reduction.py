@@ -19,9 +19,29 @@ tokens per side; linear reduction pools any map to 7x7 (a map smaller than 7 is 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, attend
+
+
+def pooling_matrix(n: int | Tensor, out: int, like: Tensor) -> Tensor:
+    """(out, n): row i averages the inputs [floor(i n / out), ceil((i + 1) n / out)), adaptive average
+    pooling's bins along one side, from a side `n` that may be the ONNX tracer's 0-dim size."""
+    i = torch.arange(out, device=like.device)[:, None]
+    j = torch.arange(n, device=like.device)[None, :]
+    start, end = i * n // out, ((i + 1) * n + out - 1) // out
+    inside = ((j >= start) & (j < end)).to(like.dtype)
+    return inside / (end - start).to(like.dtype)
+
+
+def adaptive_average_pool(x: Tensor, out: int) -> Tensor:
+    """`F.adaptive_avg_pool2d(x, out)` of an NCHW map as two products with pooling matrices (up to rounding).
+
+    Used while the ONNX tracer runs: torch.onnx writes adaptive pooling only for a fixed input shape,
+    batch included, while these products hold for any traced size."""
+    rows, cols = pooling_matrix(x.shape[-2], out, x), pooling_matrix(x.shape[-1], out, x)
+    return rows @ (x @ cols.transpose(0, 1))
 
 
 class SpatialReductionAttention(AttentionLayer):
@@ -73,7 +93,9 @@ class SpatialReductionAttention(AttentionLayer):
     def reduce(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> the (B, M, C) tokens keys and values are projected from."""
         x = x.permute(0, 3, 1, 2)
-        if self.pool is not None:
+        if self.pool is not None and torch.jit.is_tracing():
+            x = adaptive_average_pool(x, self.pool.output_size)
+        elif self.pool is not None:
             x = self.pool(x)
         elif min(x.shape[-2:]) < self.sr_ratio:
             raise ValueError(
