@@ -56,6 +56,27 @@ def test_an_exported_graph_resamples_at_the_own_size_too_and_that_is_the_identit
     assert len(seen) == 2 and resized is not logits and torch.equal(resized, logits)
 
 
+def test_compiled_resize_logits_reuses_one_graph_whether_the_sizes_match_or_not():
+    """Logits of a stride-2 head upsampled by 2 match an even side and miss an odd one by 1. Compiled, the resize
+    is always made (the identity where they match), so no guard on the match: 2 graphs for 3 sizes, not 3."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from vitlab.segmentation.base import resize_logits
+
+    def head(x):
+        coarse = torch.nn.functional.interpolate(x[..., ::2, ::2], scale_factor=2.0, mode="nearest")
+        return resize_logits(coarse, (x.shape[-2], x.shape[-1]))
+
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(head, fullgraph=True, backend=counter)
+    for size in [(8, 8), (10, 12), (9, 13)]:  # static, then symbolic and matching, then symbolic and not
+        x = torch.randn(1, 2, *size)
+        assert torch.equal(compiled(x), head(x)), size
+    assert counter.frame_count == 2
+
+
 def test_resize_of_a_constant_grid_stays_constant():
     table = torch.cat([torch.zeros(1, 1, 4), torch.full((1, 9, 4), 0.5)], dim=1)
     resized = resize_pos_embed(table, (5, 7), (3, 3))

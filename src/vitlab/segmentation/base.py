@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,8 +36,9 @@ class SegmentationOutput:
 
 def resize_logits(logits: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
     """Bilinear resize of (batch, classes, h, w) logits to `size` (a no-op when already that size; an
-    exported graph always resizes, the identity at the same size, so that no size is baked in)."""
-    if not exporting() and tuple(logits.shape[-2:]) == tuple(size):
+    exported or compiled graph always resizes, the identity at the same size, so that no size is baked in
+    and torch.compile adds no guard on whether the sizes match)."""
+    if not (exporting() or torch.compiler.is_compiling()) and tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
