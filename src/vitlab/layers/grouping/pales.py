@@ -104,23 +104,12 @@ class InterlacedGroups(Grouping):
         token = torch.arange(H * W, device=device)
         y, x = token // W, token % W
         if rows:  # slot (group g, line j, column c) holds row j * N + g, column c
-            plan = slots_at(
-                size,
-                groups,
-                length,
-                (within // W) * groups + group,
-                within % W,
-                ((y % groups) * length + (y // groups) * W + x),
-            )
+            slot_rows, slot_cols = (within // W) * groups + group, within % W
+            slot_of_token = (y % groups) * length + (y // groups) * W + x
         else:  # slot (group g, row r, line j) holds row r, column j * N + g
-            plan = slots_at(
-                size,
-                groups,
-                length,
-                within // s,
-                (within % s) * groups + group,
-                ((x % groups) * length + y * s + x // groups),
-            )
+            slot_rows, slot_cols = within // s, (within % s) * groups + group
+            slot_of_token = (x % groups) * length + y * s + x // groups
+        plan = slots_at(size, groups, length, slot_rows, slot_cols, slot_of_token)
         padded = (groups * s, W) if rows else (H, groups * s)
         return InterlacedPlan(size, padded, groups, length, None, plan)
 
