@@ -8,6 +8,11 @@ A map whose side does not divide into stripes is zero-padded on the bottom/right
 number of stripes; the padded keys are masked out of the softmax and the padded outputs cropped,
 so the result is *exactly* attention with a narrower last stripe. A stripe wider than the map
 shrinks to the map (one stripe covers it: the same tokens as a padded wide stripe, without the padding).
+
+In a graph (`in_graph`: torch.compile, torch.export, the ONNX tracer) the plan is built from the traced
+sizes as a gather of token slots (`slots`), stripes keep their width on narrower maps (padding masked),
+and LePE is one convolution over the map (`LePEStripeAttention.map_lepe`): no tensor there has the number
+of stripes alone as a dimension, so one graph serves maps of one stripe per side and of several.
 """
 
 from __future__ import annotations
