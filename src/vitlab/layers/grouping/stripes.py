@@ -176,7 +176,8 @@ class LePEStripeAttention(AttentionLayer):
         dropout_p = self.attn_drop if self.training else 0.0
         if plan.slots is not None:  # in a graph: LePE over the map (`map_lepe`), added after ungrouping
             lepe = self.map_lepe(v)
-            x = attend(group(q), group(k), group(v), bias=mask, scale=self.scale, dropout_p=dropout_p)
+            q, k, v = group(q), group(k), group(v)
+            x = attend(q, k, v, bias=mask, scale=self.scale, dropout_p=dropout_p, store=self.attention_store)
             return self.grouping.ungroup(x.transpose(1, 2).reshape(groups, length, C), plan, B) + lepe
         q, k, v = group(q), group(k), group(v)
         # LePE: a depthwise conv of V over each stripe seen as a small image, zero-padded at its borders.
@@ -196,11 +197,10 @@ class LePEStripeAttention(AttentionLayer):
         per channel: v for the kernel's middle line, v with every stripe's last line zeroed for its first
         line, v with every first line zeroed for its last line. The same products as the stripes' convolution
         (summed in another order); the map's batch and sides are the convolution's, with no dimension holding
-        the number of stripes (which costs guards under torch.compile, see `slots`)."""
+        the number of stripes (which costs guards under torch.compile, see `slots`). (The whole-map branch,
+        axis None, has no stripes to separate and takes the cached plan's path.)"""
         B, H, W, C = v.shape
         weight, bias = self.get_v.weight, self.get_v.bias  # (C, 1, 3, 3)
-        if self.grouping.axis is None:
-            return F.conv2d(v.permute(0, 3, 1, 2), weight, bias, padding=1, groups=C).permute(0, 2, 3, 1)
         rows, width = self.grouping.axis == "rows", self.grouping.width
         line = torch.arange(H if rows else W, device=v.device) % width
         keep = torch.stack([torch.ones_like(line, dtype=torch.bool), line != width - 1, line != 0], dim=-1)
