@@ -9,6 +9,7 @@ the plain forward pass.
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -161,6 +162,51 @@ def test_axial_attention_compiles_two_graphs_for_sizes_across_the_span():
         x = torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(size[0]))
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
+def cswin_or_pale_block(family: str) -> torch.nn.Module:
+    from vitlab.models.cswin import CSWinBlock
+    from vitlab.models.pale import PaleBlock
+
+    torch.manual_seed(0)
+    block = CSWinBlock(16, 4, 7, full_attention=False) if family == "cswin" else PaleBlock(16, 4, 7)
+    return block.eval()
+
+
+@pytest.mark.parametrize("family", ["cswin", "pale"])
+def test_stripes_and_pales_compile_two_graphs_for_four_sizes(family):
+    """CSWin's stripes and Pale's interlaced groups (both branches of a block, stripe or pale size 7) under
+    torch.compile: in the graph a plan is a gather of token slots computed from the sizes
+    (`layers/grouping/slots.py`), so after the first, static graph one graph with symbolic sides serves maps
+    with one stripe (group) per side or several, exactly divided, padded or narrower than the stripe, square
+    or not. Before, a map with one stripe along a side compiled a graph of its own (torch's contiguity test of
+    a view asked whether the number of stripes was 1), and the whole tiny models' second compilation did not
+    finish in 400 s (docs/export.md, "Bounded recompiles: CSWin, Pale"). A third graph is an error here."""
+    block = cswin_or_pale_block(family)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend=counter)
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        for size in [(9, 16), (10, 9), (11, 7), (5, 12), (20, 13)]:
+            x = torch.randn(2, *size, 16, generator=torch.Generator().manual_seed(size[0]))
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
+@pytest.mark.skipif(os.environ.get("VITLAB_COMPILE_ALL") != "1", reason="a minute per model: VITLAB_COMPILE_ALL=1")
+@pytest.mark.parametrize("name", ["cswin_tiny_224", "pale_tiny_224"])
+def test_whole_grouped_models_compile_two_graphs_for_four_sizes(name):
+    """The tiny CSWin and Pale, four stages: 128x128, then one symbolic graph for 144x144, 176x240 and 96x112."""
+    model = tiny(name)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for size in [(128, 128), (144, 144), (176, 240), (96, 112)]:
+        x = example_inputs(model, size)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
     assert counter.frame_count == 2
 
 

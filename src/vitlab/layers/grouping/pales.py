@@ -21,10 +21,12 @@ from vitlab.layers.grouping import (
     Size2,
     batch_mask,
     check_axis,
+    in_graph,
     pad_to_multiple,
     padded_size,
     padding_key_mask,
 )
+from vitlab.layers.grouping.slots import Slots, group_slots, slot_key_mask, slots_at, ungroup_slots
 
 
 def image_to_row_groups(x: Tensor, groups: int) -> Tensor:
@@ -59,10 +61,13 @@ def column_groups_to_image(x: Tensor, groups: int, size: Size2) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class InterlacedPlan(Plan):
-    """The number of groups N on a map of `size`, and the key mask of its padding (None without padding)."""
+    """The number of groups N on a map of `size`, the tokens per group, the key mask of its padding (None
+    without padding), and, in a graph, the slots that group the map (`slots`)."""
 
     groups: int
+    length: int
     mask: Tensor | None  # (N, 1, 1, L) bool, True at real tokens
+    slots: Slots | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class InterlacedGroups(Grouping):
 
     lines: int
     axis: str
-    traceable = True  # N and the padding are arithmetic on the size; the mask is built in a graph (padding_key_mask)
+    traceable = True  # N and the slots are arithmetic on the size, built in a graph (`in_graph`)
 
     def __post_init__(self) -> None:
         check_axis(self.axis)
@@ -79,21 +84,53 @@ class InterlacedGroups(Grouping):
     def build(self, size: Size2, device: torch.device) -> InterlacedPlan:
         rows = self.axis == "rows"
         groups = ((size[0] if rows else size[1]) + self.lines - 1) // self.lines
+        if in_graph():
+            return self._graph_plan(size, groups, device)
         padded = padded_size(size, (groups, 1) if rows else (1, groups))
         to_groups = image_to_row_groups if rows else image_to_column_groups
         mask = padding_key_mask(size, padded, device, lambda valid: to_groups(valid, groups))
-        return InterlacedPlan(size, padded, groups, mask)
+        return InterlacedPlan(size, padded, groups, padded[0] * padded[1] // groups, mask)
+
+    def _graph_plan(self, size: Size2, groups: object, device: torch.device) -> InterlacedPlan:
+        """The groups as slots (`slots`), each of `lines` lines: a group whose last lines fall beyond the map
+        holds padding there (masked). The cached plan pads the side to ceil(side / N) * N lines instead, N
+        being the number of groups: fewer padding lines, the same real tokens in every group, but a size that
+        sympy would have to prove equal in every view of it."""
+        H, W = size
+        s, rows = self.lines, self.axis == "rows"
+        length = s * W if rows else H * s
+        slot = torch.arange(groups * length, device=device)
+        group, within = slot // length, slot % length
+        token = torch.arange(H * W, device=device)
+        y, x = token // W, token % W
+        if rows:  # slot (group g, line j, column c) holds row j * N + g, column c
+            slot_rows, slot_cols = (within // W) * groups + group, within % W
+            slot_of_token = (y % groups) * length + (y // groups) * W + x
+        else:  # slot (group g, row r, line j) holds row r, column j * N + g
+            slot_rows, slot_cols = within // s, (within % s) * groups + group
+            slot_of_token = (x % groups) * length + y * s + x // groups
+        plan = slots_at(size, groups, length, slot_rows, slot_cols, slot_of_token)
+        padded = (groups * s, W) if rows else (H, groups * s)
+        return InterlacedPlan(size, padded, groups, length, None, plan)
 
     def group(self, x: Tensor, plan: InterlacedPlan) -> Tensor:
         """(B, H, W, C) -> (B * N, L, C), padded to a multiple of N lines."""
+        if plan.slots is not None:
+            return group_slots(x, plan.slots)
         if self.axis == "rows":
             return image_to_row_groups(pad_to_multiple(x, (plan.groups, 1), channels_last=True), plan.groups)
         return image_to_column_groups(pad_to_multiple(x, (1, plan.groups), channels_last=True), plan.groups)
 
-    def ungroup(self, y: Tensor, plan: InterlacedPlan) -> Tensor:
-        """(B * N, L, C) -> (B, H, W, C), padding cropped."""
+    def ungroup(self, y: Tensor, plan: InterlacedPlan, batch: int | None = None) -> Tensor:
+        """(B * N, L, C) -> (B, H, W, C), padding cropped (`batch`: B, needed in a graph)."""
+        if plan.slots is not None:
+            return ungroup_slots(y, plan.slots, batch)
         to_image = row_groups_to_image if self.axis == "rows" else column_groups_to_image
         return to_image(y, plan.groups, plan.padded)[:, : plan.size[0], : plan.size[1]]
+
+    def key_mask(self, plan: InterlacedPlan, batch: int) -> Tensor | None:
+        """The padding mask of a batch of `batch` maps: (batch * N, 1, 1, L), or None."""
+        return slot_key_mask(plan.slots, batch) if plan.slots is not None else batch_mask(plan.mask, batch)
 
 
 class InterlacedAttention(AttentionLayer):
@@ -111,19 +148,19 @@ class InterlacedAttention(AttentionLayer):
         self.attn_drop = attn_drop
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, H, W, _ = q.shape
+        B, H, W, C = q.shape
         plan = self.grouping.plan((H, W), q.device)
+        # Sizes named once from the plan (not -1): inferring them by division is slow for sympy under torch.compile.
+        groups, heads = B * plan.groups, self.num_heads
 
         def group(t: Tensor) -> Tensor:  # (B, H, W, C) -> (B * groups, heads, L, C / heads)
-            t = self.grouping.group(t, plan)
-            return t.view(t.shape[0], t.shape[1], self.num_heads, -1).transpose(1, 2)
+            return self.grouping.group(t, plan).view(groups, plan.length, heads, C // heads).transpose(1, 2)
 
         q, k, v = group(q), group(k), group(v)
         dropout_p = self.attn_drop if self.training else 0.0
-        x = attend(
-            q, k, v, bias=batch_mask(plan.mask, B), scale=self.scale, dropout_p=dropout_p, store=self.attention_store
-        )
-        return self.grouping.ungroup(x.transpose(1, 2).flatten(2), plan)
+        mask = self.grouping.key_mask(plan, B)
+        x = attend(q, k, v, bias=mask, scale=self.scale, dropout_p=dropout_p, store=self.attention_store)
+        return self.grouping.ungroup(x.transpose(1, 2).reshape(groups, plan.length, C), plan, B)
 
 
 class PaleShapedAttention(nn.Module):
