@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.layers.grouping import Size2
+from vitlab.layers.grouping import Size2, size_tensor
 from vitlab.layers.position import relative_position_index
 
 # Additive bias of a phantom key: exp(-1e4) is 0 in float32 and float64, and -1e4 is finite in float16.
@@ -74,16 +74,10 @@ class GraphWindowPlan:
         return self.batch_mask(1)
 
 
-def _as_tensor(n: object) -> Tensor:
-    """A size as a 0-dim tensor: the traced value itself under the ONNX tracer, else (an int, or a symbolic
-    size under torch.compile) a tensor made from it, so that comparing it adds no guard on the size."""
-    return n if isinstance(n, Tensor) else torch.full((), n)
-
-
 def _side(n: object, window: int, shift: int) -> tuple[object, Tensor]:
     """The padded length of a side of `n` tokens, and its shift (0 when the side fits in one window)."""
     padded = (n + window - 1) // window * window
-    return padded, torch.where(_as_tensor(n) > window, torch.tensor(shift), torch.tensor(0))
+    return padded, torch.where(size_tensor(n) > window, torch.tensor(shift), torch.tensor(0))
 
 
 def _band(p: Tensor, padded: Tensor, window: int, shift: Tensor) -> Tensor:
@@ -112,10 +106,10 @@ def graph_window_plan(size: tuple, window: Size2, shift: Size2, device: torch.de
     gather = torch.where((rows < H) & (cols < W), rows * W + cols, H * W)
 
     labels = _band(rolled_r, Hp, wh, sh) * 3 + _band(rolled_c, Wp, ww, sw)
-    phantom = ((rows >= H) & (_as_tensor(H) < wh)) | ((cols >= W) & (_as_tensor(W) < ww))
+    phantom = ((rows >= H) & (size_tensor(H) < wh)) | ((cols >= W) & (size_tensor(W) < ww))
 
-    r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    r, c = (r.flatten() - sh + Hp) % Hp, (c.flatten() - sw + Wp) % Wp
+    tokens = torch.arange(H * W)  # (not a meshgrid: flattening its expanded views guards on a side of 1)
+    r, c = (tokens // W - sh + Hp) % Hp, (tokens % W - sw + Wp) % Wp
     scatter = ((r // wh) * per_row + c // ww) * area + (r % wh) * ww + c % ww
     index = relative_position_index(window, window).reshape(-1)
     phantom = torch.where(phantom, PHANTOM, 0.0)
