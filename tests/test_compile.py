@@ -210,6 +210,42 @@ def test_whole_grouped_models_compile_two_graphs_for_four_sizes(name):
     assert counter.frame_count == 2
 
 
+# Reduced Swin and DAT in which one stage crosses the one-window boundary between the sizes: after the
+# static graph, the symbolic one is traced at a size where that stage has several windows, and a later
+# size makes it one window (Swin: 24x28 -> a 6x7 map; DAT, stage 3 at stride 16: 72x72 and 88x264),
+# or the other way round. DAT's sizes keep its stride-32 map at least 2 pixels a side: a side of 1 gets
+# a graph of its own (torch specialises sizes of 1 in its own operators; docs/export.md).
+ONE_WINDOW_CROSSINGS = {
+    "swin_tiny_patch4_window7_224": (
+        dict(embed_dim=8, depths=(2,), num_heads=(2,)),
+        [(64, 64), (72, 72), (88, 120), (24, 28)],
+    ),
+    "dat_tiny": (
+        dict(dims=(8, 16, 32, 64), heads=(1, 1, 2, 2), stage_spec=("", "", "SD", ""), groups=(None, None, 1, None)),
+        [(64, 64), (136, 136), (72, 72), (88, 264)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ONE_WINDOW_CROSSINGS)
+def test_swin_and_dat_compile_two_graphs_across_one_window_boundaries(name):
+    """Whole models, not just the window layer: a stage that becomes one window does not recompile (the
+    in-graph mask and views never hold a dimension of `num_windows` alone, which torch would guard as
+    `!= 1`), nor does DAT's deformable attention at new sizes (its offset scale is read from the
+    symbolic sides, not fixed by them). Before: Swin 3 graphs, DAT one per size."""
+    overrides, sizes = ONE_WINDOW_CROSSINGS[name]
+    torch.manual_seed(0)
+    model = vitlab.create_model(name, num_classes=3, **overrides).eval()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for size in sizes:
+        x = example_inputs(model, size)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 2
+
+
 def test_train_compile_runs_the_same_step_compiled(tmp_path):
     from tests.train.test_wiring import first_batch, prepared
 

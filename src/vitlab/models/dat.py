@@ -21,14 +21,13 @@ checkpoints load as they are: a stage keeps its norms, attentions and MLPs in pe
 `DATBlock` is a view of the parts of one block, not registered as a module, so the keys stay the
 release's. The window blocks keep the release's persistent buffers (`relative_position_index`,
 `attn_mask`) because its checkpoints hold them; the forward pass takes the same values from the
-plan cache, which also serves other input sizes.
+plan cache (or, under torch.compile and the ONNX tracer, from the plan built in the graph).
 
 Any input of at least 32x32 pixels works (the 4x4 stem and three 2x2 steps floor odd sides, as in
 the release, down to a map of at least 1x1); the release is fixed to the size it was built for.
 Choices where it cannot run:
-- window blocks zero-pad the map at the bottom/right to a multiple of the window and crop back,
-  and a side no longer than the window is one unshifted window (the same rule and code as Swin,
-  `layers.grouping.windows`); at the released sizes nothing is padded;
+- window blocks zero-pad the map at the bottom/right to a multiple of the window and crop back (nothing at
+  the released sizes); a side no longer than the window is one unshifted window (Swin's code and rule);
 - the deformable bias table is read as is at any size: it is indexed by normalised displacements,
   so it is a function on [-1, 1]^2 whatever the map size (the release would need its table resized).
 The released models' initialisation is PyTorch's default (the release's `reset_parameters` loops
@@ -51,7 +50,7 @@ from vitlab.layers import DropPath, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, PositionSampler, attend, record_positions
 from vitlab.layers.grouping import Size2, padded_size
 from vitlab.layers.grouping.deformable import DeformablePoints
-from vitlab.layers.grouping.windows import Windows, shifted_window_mask
+from vitlab.layers.grouping.windows import GraphWindowPlan, Windows, shifted_window_mask
 from vitlab.layers.heads import pool_features
 from vitlab.layers.position import relative_position_index, resize_relative_position_table
 from vitlab.models.pyramid import Pyramid
@@ -145,7 +144,9 @@ class LocalAttention(AttentionLayer):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias_table.index_select(0, plan.index).view(N, N, -1).permute(2, 0, 1)
         bias = bias.unsqueeze(0).to(q.dtype)
-        if plan.mask is not None:  # window w of every image gets mask w
+        if isinstance(plan, GraphWindowPlan):  # the mask at (B * num_windows, N, N) already (batch_mask)
+            bias = bias + plan.batch_mask(B).unsqueeze(1).to(q.dtype)
+        elif plan.mask is not None:  # window w of every image gets mask w
             bias = (bias + plan.mask.unsqueeze(1).to(q.dtype)).expand(B, -1, -1, -1, -1).reshape(-1, self.heads, N, N)
         out = attend(q, k, v, bias=bias, dropout_p=self.attn_drop if self.training else 0.0, store=self.attention_store)
         out = self.proj_drop(self.proj_out(out.transpose(1, 2).reshape(-1, N, C)))

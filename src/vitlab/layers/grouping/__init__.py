@@ -65,6 +65,13 @@ def in_graph() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def size_tensor(n: int | Tensor) -> Tensor:
+    """A size as a 0-dim tensor: the traced value itself under the ONNX tracer, else (an int, or a symbolic
+    size under torch.compile) a tensor filled with it. Comparing or dividing it then adds no guard on the
+    size, where `torch.as_tensor(n)` of a symbolic size would fix it to the traced value."""
+    return n if isinstance(n, Tensor) else torch.full((), n)
+
+
 def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> Tensor:
     """Zero-pad a map on the bottom and right so both sides divide by `multiple`.
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph
+from vitlab.layers.grouping import Grouping, Plan, Size2, in_graph, size_tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +84,7 @@ class DeformablePoints(Grouping):
         """
         Hk, Wk = plan.size
         if in_graph():  # 1 / Hk, 1 / Wk divided in float64 as Python divides, from sizes that may be traced
-            sides = torch.stack([torch.as_tensor(Hk), torch.as_tensor(Wk)]).to(torch.float64)
+            sides = torch.stack([size_tensor(Hk), size_tensor(Wk)]).to(torch.float64)
             scale = sides.reciprocal().to(offsets.dtype).view(1, 2, 1, 1)
         else:
             scale = offsets.new_tensor([1.0 / Hk, 1.0 / Wk]).view(1, 2, 1, 1)

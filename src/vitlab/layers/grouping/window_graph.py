@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.layers.grouping import Size2
+from vitlab.layers.grouping import Size2, size_tensor
 from vitlab.layers.position import relative_position_index
 
 # Additive bias of a phantom key: exp(-1e4) is 0 in float32 and float64, and -1e4 is finite in float16.
@@ -46,23 +46,38 @@ class GraphWindowPlan:
     gather: Tensor  # (num_windows * N,): the token filling each slot; H * W (an appended zero token) for padding
     scatter: Tensor  # (H * W,): the slot of each token
     index: Tensor  # (N * N,) rows of the relative-position table
-    mask: Tensor  # (num_windows, N, N) additive: the shift mask plus the phantom keys
+    labels: Tensor  # (num_windows * N,) the shift region of each slot (windows.shifted_window_mask's labels)
+    phantom: Tensor  # (num_windows * N,) additive: PHANTOM at the phantom slots, else 0
 
     @property
     def window_area(self) -> int:
         return self.window[0] * self.window[1]
 
+    def batch_mask(self, batch: object) -> Tensor:
+        """The additive mask of `batch` images' windows, (batch * num_windows, N, N): the shift mask plus the
+        phantom keys, window w of every image getting mask w.
 
-def _as_tensor(n: object) -> Tensor:
-    """A size as a 0-dim tensor: the traced value itself under the ONNX tracer, else (an int, or a symbolic
-    size under torch.compile) a tensor made from it, so that comparing it adds no guard on the size."""
-    return n if isinstance(n, Tensor) else torch.full((), n)
+        Built at its full batched shape from per-slot tensors: no tensor here has a dimension of
+        `num_windows` alone, which is 1 for a map of one window. torch.compile specialises a size it has
+        to compare with 1 (broadcasting, contiguity), so such a dimension would add the guard
+        `num_windows != 1` and a recompilation for every stage that becomes one window; `batch *
+        num_windows` is 1 only for a batch of one, which torch.compile specialises anyway.
+        """
+        N = self.window_area
+        labels = self.labels.repeat(batch).view(-1, N)
+        mask = torch.where(labels[:, :, None] != labels[:, None, :], SHIFT_MASK, 0.0)
+        return mask + self.phantom.repeat(batch).view(-1, 1, N)
+
+    @property
+    def mask(self) -> Tensor:
+        """The mask of one image's windows, (num_windows, N, N)."""
+        return self.batch_mask(1)
 
 
 def _side(n: object, window: int, shift: int) -> tuple[object, Tensor]:
     """The padded length of a side of `n` tokens, and its shift (0 when the side fits in one window)."""
     padded = (n + window - 1) // window * window
-    return padded, torch.where(_as_tensor(n) > window, torch.tensor(shift), torch.tensor(0))
+    return padded, torch.where(size_tensor(n) > window, torch.tensor(shift), torch.tensor(0))
 
 
 def _band(p: Tensor, padded: Tensor, window: int, shift: Tensor) -> Tensor:
@@ -90,29 +105,27 @@ def graph_window_plan(size: tuple, window: Size2, shift: Size2, device: torch.de
     rows, cols = (rolled_r + sh) % Hp, (rolled_c + sw) % Wp
     gather = torch.where((rows < H) & (cols < W), rows * W + cols, H * W)
 
-    labels = (_band(rolled_r, Hp, wh, sh) * 3 + _band(rolled_c, Wp, ww, sw)).view(-1, area)
-    mask = torch.where(labels[:, :, None] != labels[:, None, :], SHIFT_MASK, 0.0)
-    phantom = (((rows >= H) & (_as_tensor(H) < wh)) | ((cols >= W) & (_as_tensor(W) < ww))).view(-1, 1, area)
-    mask = mask + torch.where(phantom, PHANTOM, 0.0)
+    labels = _band(rolled_r, Hp, wh, sh) * 3 + _band(rolled_c, Wp, ww, sw)
+    phantom = ((rows >= H) & (size_tensor(H) < wh)) | ((cols >= W) & (size_tensor(W) < ww))
 
-    r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    r, c = (r.flatten() - sh + Hp) % Hp, (c.flatten() - sw + Wp) % Wp
+    tokens = torch.arange(H * W)  # (not a meshgrid: flattening its expanded views guards on a side of 1)
+    r, c = (tokens // W - sh + Hp) % Hp, (tokens % W - sw + Wp) % Wp
     scatter = ((r // wh) * per_row + c // ww) * area + (r % wh) * ww + c % ww
     index = relative_position_index(window, window).reshape(-1)
-    return GraphWindowPlan(
-        (H, W), window, (Hp // wh) * per_row, gather.to(device), scatter.to(device), index.to(device), mask.to(device)
-    )
+    phantom = torch.where(phantom, PHANTOM, 0.0)
+    tensors = (t.to(device) for t in (gather, scatter, index, labels, phantom))
+    return GraphWindowPlan((H, W), window, (Hp // wh) * per_row, *tensors)
 
 
 def graph_group(x: Tensor, plan: GraphWindowPlan) -> Tensor:
     """(B, H, W, C) -> (B * num_windows, N, C): one gather from the tokens and an appended zero token."""
     C = x.shape[-1]
     tokens = F.pad(x.flatten(1, 2), (0, 0, 0, 1))
-    return tokens.index_select(1, plan.gather).view(-1, plan.window_area, C)
+    return tokens.index_select(1, plan.gather).flatten(0, 1).view(-1, plan.window_area, C)
 
 
 def graph_ungroup(y: Tensor, plan: GraphWindowPlan) -> Tensor:
     """(B * num_windows, N, C) -> (B, H, W, C): the slot of every token, gathered back."""
     C = y.shape[-1]
-    tokens = y.reshape(-1, plan.num_windows * plan.window_area, C).index_select(1, plan.scatter)
+    tokens = y.flatten(0, 1).view(-1, plan.num_windows * plan.window_area, C).index_select(1, plan.scatter)
     return tokens.view(-1, plan.size[0], plan.size[1], C)

@@ -278,7 +278,9 @@ class WindowAttention(AttentionLayer):
 
         # index_select, not table[index]: the same gather, several times faster on CPU.
         bias = self.relative_position_bias_table.index_select(0, plan.index).view(N, N, -1).permute(2, 0, 1)
-        if plan.mask is None:
+        if isinstance(plan, GraphWindowPlan):  # the mask at (B * num_windows, N, N) already (batch_mask)
+            bias = (bias.unsqueeze(0) + plan.batch_mask(B).unsqueeze(1)).to(q.dtype)
+        elif plan.mask is None:
             bias = bias.unsqueeze(0).to(q.dtype)
         else:
             # Window w of every image gets mask w: combine at (num_windows, heads, N, N) and repeat per image.
