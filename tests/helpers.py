@@ -75,3 +75,29 @@ def assert_state_dict_round_trip(model: torch.nn.Module, other: torch.nn.Module,
         assert not torch.allclose(model(*inputs), other(*inputs))  # else the check below could not fail
         other.load_state_dict(model.state_dict(), strict=True)
         assert torch.equal(model(*inputs), other(*inputs))
+
+
+def graph_branch_error(model: torch.nn.Module, x: torch.Tensor, monkeypatch) -> float:
+    """Max relative error of `model(x)` run through its graph branch (the ONNX tracer said to be running, so
+    every `in_graph()` plan is built from tensor operations) against its eager branch."""
+    with torch.no_grad():
+        expected = model(x)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.jit, "is_tracing", lambda: True)
+            actual = model(x)
+    return max_rel_error(actual, expected)
+
+
+def graphs_compiled(module: torch.nn.Module, inputs: list[torch.Tensor]) -> int:
+    """How many graphs dynamo compiles (`fullgraph=True`, eager backend) for `module` over `inputs`, each
+    output checked against the plain forward."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend=counter)
+    for x in inputs:
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
+    return counter.frame_count

@@ -14,9 +14,9 @@ import os
 import pytest
 import torch
 import torch._dynamo
-from torch._dynamo.testing import CompileCounter
 
 import vitlab
+from tests.helpers import graphs_compiled
 from vitlab.registry import get_entry
 from vitlab.seq2seq.base import BOS
 
@@ -99,17 +99,11 @@ def test_inductor_compiles_to_the_same_outputs_and_gradients(name):
 def test_new_input_sizes_reuse_the_dynamic_graph(name):
     """The first size compiles a static graph, the second one graph with symbolic sides, which the third reuses.
 
-    (The grouping families build their plans in the graph under torch.compile: SASA and Swin's window
-    attention, tests below; whole models measured in docs/export.md.)"""
+    (The grouping families build their plans in the graph under torch.compile: tests below; every family
+    over four sizes: `tools/recompiles.py`, docs/export.md.)"""
     model = tiny(name)
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    for size in [(128, 128), (144, 144), (176, 240)]:
-        x = example_inputs(model, size)[0]
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    inputs = [example_inputs(model, size)[0] for size in [(128, 128), (144, 144), (176, 240)]]
+    assert graphs_compiled(model, inputs) == 2
 
 
 def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph():
@@ -117,14 +111,8 @@ def test_a_grouped_family_compiles_once_more_for_new_sizes_then_reuses_the_graph
     symbolic sides, which the third and fourth reuse. (Measured before plans were built in the graph: axial26s, 4 graphs
     for 4 sizes; Swin's second compilation did not finish in 9.5 minutes; docs/export.md.)"""
     model = tiny("sasa_resnet26")
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    for size in [(32, 32), (48, 48), (40, 56), (64, 40)]:
-        x = example_inputs(model, size)[0]
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    inputs = [example_inputs(model, size)[0] for size in [(32, 32), (48, 48), (40, 56), (64, 40)]]
+    assert graphs_compiled(model, inputs) == 2
 
 
 def test_swin_window_attention_compiles_two_graphs_for_four_sizes():
@@ -135,14 +123,9 @@ def test_swin_window_attention_compiles_two_graphs_for_four_sizes():
 
     torch.manual_seed(0)
     layer = WindowAttention(8, 2, window_size=7, shift_size=3).eval()
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend=counter)
-    for size in [(16, 16), (18, 18), (22, 30), (5, 12)]:
-        x = torch.randn(2, *size, 8, generator=torch.Generator().manual_seed(size[0]))
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    sizes = [(16, 16), (18, 18), (22, 30), (5, 12)]
+    inputs = [torch.randn(2, *size, 8, generator=torch.Generator().manual_seed(size[0])) for size in sizes]
+    assert graphs_compiled(layer, inputs) == 2
 
 
 def test_axial_attention_compiles_two_graphs_for_sizes_across_the_span():
@@ -155,14 +138,9 @@ def test_axial_attention_compiles_two_graphs_for_sizes_across_the_span():
 
     torch.manual_seed(0)
     block = AxialBlock(8, 4, stride=2, groups=2, span=8, downsample=True).eval()
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True, backend=counter)
-    for size in [(6, 6), (8, 8), (12, 9), (10, 5)]:
-        x = torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(size[0]))
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    sizes = [(6, 6), (8, 8), (12, 9), (10, 5)]
+    inputs = [torch.randn(2, 8, *size, generator=torch.Generator().manual_seed(size[0])) for size in sizes]
+    assert graphs_compiled(block, inputs) == 2
 
 
 def cswin_or_pale_block(family: str) -> torch.nn.Module:
@@ -184,15 +162,10 @@ def test_stripes_and_pales_compile_two_graphs_for_four_sizes(family):
     a view asked whether the number of stripes was 1), and the whole tiny models' second compilation did not
     finish in 400 s (docs/export.md, "Bounded recompiles: CSWin, Pale"). A third graph is an error here."""
     block = cswin_or_pale_block(family)
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True, backend=counter)
+    sizes = [(9, 16), (10, 9), (11, 7), (5, 12), (20, 13)]
+    inputs = [torch.randn(2, *size, 16, generator=torch.Generator().manual_seed(size[0])) for size in sizes]
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
-        for size in [(9, 16), (10, 9), (11, 7), (5, 12), (20, 13)]:
-            x = torch.randn(2, *size, 16, generator=torch.Generator().manual_seed(size[0]))
-            with torch.no_grad():
-                torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+        assert graphs_compiled(block, inputs) == 2
 
 
 @pytest.mark.skipif(os.environ.get("VITLAB_COMPILE_ALL") != "1", reason="a minute per model: VITLAB_COMPILE_ALL=1")
@@ -200,14 +173,8 @@ def test_stripes_and_pales_compile_two_graphs_for_four_sizes(family):
 def test_whole_grouped_models_compile_two_graphs_for_four_sizes(name):
     """The tiny CSWin and Pale, four stages: 128x128, then one symbolic graph for 144x144, 176x240 and 96x112."""
     model = tiny(name)
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    for size in [(128, 128), (144, 144), (176, 240), (96, 112)]:
-        x = example_inputs(model, size)[0]
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    inputs = [example_inputs(model, size)[0] for size in [(128, 128), (144, 144), (176, 240), (96, 112)]]
+    assert graphs_compiled(model, inputs) == 2
 
 
 # Reduced Swin and DAT in which one stage crosses the one-window boundary between the sizes: after the
@@ -236,14 +203,8 @@ def test_swin_and_dat_compile_two_graphs_across_one_window_boundaries(name):
     overrides, sizes = ONE_WINDOW_CROSSINGS[name]
     torch.manual_seed(0)
     model = vitlab.create_model(name, num_classes=3, **overrides).eval()
-    counter = CompileCounter()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    for size in sizes:
-        x = example_inputs(model, size)[0]
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 2
+    inputs = [example_inputs(model, size)[0] for size in sizes]
+    assert graphs_compiled(model, inputs) == 2
 
 
 def test_train_compile_runs_the_same_step_compiled(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vitlab
+from tests.helpers import graph_branch_error
 from vitlab.layers.grouping import window_graph
 from vitlab.layers.grouping.windows import Windows
 from vitlab.registry import get_entry
@@ -25,13 +26,7 @@ def test_the_graph_branch_gives_the_eager_outputs(name, monkeypatch):
     torch.manual_seed(0)
     model = vitlab.create_model(name, **get_entry(name).tiny, num_classes=3).eval().double()
     for size in SIZES:
-        x = torch.randn(1, 3, *size, dtype=torch.float64)
-        with torch.no_grad():
-            expected = model(x)
-            with monkeypatch.context() as patch:
-                patch.setattr(torch.jit, "is_tracing", lambda: True)
-                actual = model(x)
-        err = ((actual - expected).abs().max() / expected.abs().max()).item()
+        err = graph_branch_error(model, torch.randn(1, 3, *size, dtype=torch.float64), monkeypatch)
         assert err < 1e-12, (size, err)
 
 
