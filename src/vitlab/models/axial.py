@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.layers.attention import AttentionLayer, record_attention
-from vitlab.layers.grouping import in_graph
+from vitlab.layers.grouping import in_graph, size_max
 from vitlab.layers.grouping.axes import Axes
 from vitlab.layers.position import relative_index_1d, resize_relative_table_1d
 from vitlab.models.resnet import ConvStemResNet
@@ -129,12 +129,6 @@ class AxialAttention(AttentionLayer):
         return self.pooling(out) if self.pooling is not None else out
 
 
-def _at_least(n: int | Tensor, low: int) -> int | Tensor:
-    """max(n, low) of a length that may be traced (a 0-dim tensor under the ONNX tracer) or symbolic
-    (torch.compile, torch.export), without a Python comparison that would freeze or guard the length."""
-    return torch.clamp(n, min=low) if isinstance(n, Tensor) else torch.sym_max(n, low)
-
-
 def centred_relative_embeddings(relative: Tensor, span: int, length: int | Tensor) -> Tensor:
     """What `AxialAttention.relative_embeddings` gives eagerly, for a traced or symbolic `length`.
 
@@ -145,7 +139,7 @@ def centred_relative_embeddings(relative: Tensor, span: int, length: int | Tenso
     eager's crop of the middle; for a longer one it is eager's resampling to 2 length - 1 offsets. The
     resampling runs in float32 as eager's does (`resize_relative_table_1d`), in float64 for a float64 table.
     """
-    offsets = _at_least(2 * length - 1, 2 * span - 1)
+    offsets = size_max(2 * length - 1, 2 * span - 1)
     dtype = torch.float64 if relative.dtype == torch.float64 else torch.float32
     table = F.interpolate(relative[None].to(dtype), size=offsets, mode="linear", align_corners=True)[0]
     positions = torch.arange(length, device=relative.device)

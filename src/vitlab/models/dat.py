@@ -50,7 +50,7 @@ from vitlab.layers import DropPath, drop_path_rates
 from vitlab.layers.attention import AttentionLayer, PositionSampler, attend, record_positions
 from vitlab.layers.grouping import Size2, padded_size
 from vitlab.layers.grouping.deformable import DeformablePoints
-from vitlab.layers.grouping.windows import GraphWindowPlan, Windows, shifted_window_mask
+from vitlab.layers.grouping.windows import Windows, shifted_window_mask, window_bias
 from vitlab.layers.heads import pool_features
 from vitlab.layers.position import relative_position_index, resize_relative_position_table
 from vitlab.models.pyramid import Pyramid
@@ -143,11 +143,7 @@ class LocalAttention(AttentionLayer):
         qkv = self.proj_qkv(self.grouping.group(x, plan)).view(-1, N, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias_table.index_select(0, plan.index).view(N, N, -1).permute(2, 0, 1)
-        bias = bias.unsqueeze(0).to(q.dtype)
-        if isinstance(plan, GraphWindowPlan):  # the mask at (B * num_windows, N, N) already (batch_mask)
-            bias = bias + plan.batch_mask(B).unsqueeze(1).to(q.dtype)
-        elif plan.mask is not None:  # window w of every image gets mask w
-            bias = (bias + plan.mask.unsqueeze(1).to(q.dtype)).expand(B, -1, -1, -1, -1).reshape(-1, self.heads, N, N)
+        bias = window_bias(bias, plan, B, q.dtype)
         out = attend(q, k, v, bias=bias, dropout_p=self.attn_drop if self.training else 0.0, store=self.attention_store)
         out = self.proj_drop(self.proj_out(out.transpose(1, 2).reshape(-1, N, C)))
         return self.grouping.ungroup(out, plan)

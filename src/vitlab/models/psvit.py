@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from vitlab.layers import Mlp, MultiHeadAttention, drop_path_rates
 from vitlab.layers.attention import PositionSampler, attend, record_positions
 from vitlab.layers.blocks import PreNormBlock
-from vitlab.layers.grouping import in_graph
+from vitlab.layers.grouping import in_graph, size_max, size_min, size_tensor
 from vitlab.models.base import Backbone
 from vitlab.registry import Preprocess, register_model
 
@@ -110,25 +110,13 @@ def initial_points(
     return torch.stack([grid_y, grid_x], dim=-1).reshape(1, -1, 2).to(device=device, dtype=dtype)
 
 
-def _smaller(a: int | Tensor, b: int) -> int | Tensor:
-    return torch.clamp(a, max=b) if isinstance(a, Tensor) else torch.sym_min(a, b)
-
-
-def _larger(a: int | Tensor, b: int) -> int | Tensor:
-    return torch.clamp(a, min=b) if isinstance(a, Tensor) else torch.sym_max(a, b)
-
-
-def _as_tensor(n: int | Tensor) -> Tensor:
-    return n if isinstance(n, Tensor) else torch.full((), n)
-
-
 def rounded_points(num: int, side: int | Tensor, own: int) -> int | Tensor:
     """`max(1, round(num * side / own))` (Python's round, half to even) in integer arithmetic, so that it also
     holds for a traced (ONNX) or symbolic (torch.compile, torch.export) `side` without a guard on it."""
     twice = 2 * num * side + own  # floor(num side / own + 1/2) = twice // (2 own), the round half up
     rounded = twice // (2 * own)
-    tie = 1 - _smaller(twice % (2 * own), 1)  # 1 where num side / own is k + 1/2: the even one of k, k + 1
-    return _larger(rounded - tie * (rounded % 2), 1)
+    tie = 1 - size_min(twice % (2 * own), 1)  # 1 where num side / own is k + 1/2: the even one of k, k + 1
+    return size_max(rounded - tie * (rounded % 2), 1)
 
 
 def grid_points(
@@ -139,7 +127,7 @@ def grid_points(
     i * cell in float64, rounded to float32, then the half cell added in float32, as the cached grid is made)."""
 
     def centres(num: int | Tensor, side: int | Tensor) -> Tensor:
-        cell = _as_tensor(side).to(torch.float64) / _as_tensor(num).to(torch.float64)
+        cell = size_tensor(side).to(torch.float64) / size_tensor(num).to(torch.float64)
         index = torch.arange(num, device=device).to(torch.float64)
         return (index * cell.to(device)).float() + (cell / 2).float().to(device)
 
@@ -337,7 +325,7 @@ class PSViT(Backbone):
             sides = zip(self.num_points, x.shape[-2:], self.img_size, strict=True)
             grid = tuple(rounded_points(num, side, own) for num, side, own in sides)
             point = grid_points(*grid, *size, fmap.device, fmap.dtype)
-            scale = torch.stack([_as_tensor(side) for side in size]).to(device=fmap.device, dtype=fmap.dtype)
+            scale = torch.stack([size_tensor(side) for side in size]).to(device=fmap.device, dtype=fmap.dtype)
         else:  # Python integers, the grid cached per size
             size = (int(fmap.shape[-2]), int(fmap.shape[-1]))
             grid = self.points_for((int(x.shape[-2]), int(x.shape[-1])))

@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlab.layers.position import exporting
+from vitlab.layers.grouping import in_graph
 from vitlab.models.base import SavesPretrained
 
 IGNORE_INDEX = 255  # label of pixels that no loss or metric counts (void, borders, ADE20K's "other")
@@ -38,7 +37,7 @@ def resize_logits(logits: Tensor, size: tuple[int, int], align_corners: bool = F
     """Bilinear resize of (batch, classes, h, w) logits to `size` (a no-op when already that size; an
     exported or compiled graph always resizes, the identity at the same size, so that no size is baked in
     and torch.compile adds no guard on whether the sizes match)."""
-    if not (exporting() or torch.compiler.is_compiling()) and tuple(logits.shape[-2:]) == tuple(size):
+    if not in_graph() and tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 

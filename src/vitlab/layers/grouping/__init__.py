@@ -62,7 +62,7 @@ def in_graph() -> bool:
     """Whether plans are built in the graph from the traced sizes: while the ONNX tracer runs, and while
     torch.compile or torch.export traces. There a Python decision on a size would hold only for the traced
     size (ONNX), or add a guard and so a recompilation for every size on its other side (torch.compile)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return is_tracing() or torch.compiler.is_compiling()
 
 
 def size_tensor(n: int | Tensor) -> Tensor:
@@ -70,6 +70,17 @@ def size_tensor(n: int | Tensor) -> Tensor:
     size under torch.compile) a tensor filled with it. Comparing or dividing it then adds no guard on the
     size, where `torch.as_tensor(n)` of a symbolic size would fix it to the traced value."""
     return n if isinstance(n, Tensor) else torch.full((), n)
+
+
+def size_max(n: int | Tensor, low: int) -> int | Tensor:
+    """max(n, low) of a size that may be traced (a 0-dim tensor under the ONNX tracer) or symbolic
+    (torch.compile, torch.export), without a Python comparison that would freeze or guard it."""
+    return torch.clamp(n, min=low) if isinstance(n, Tensor) else torch.sym_max(n, low)
+
+
+def size_min(n: int | Tensor, high: int) -> int | Tensor:
+    """min(n, high), as `size_max`."""
+    return torch.clamp(n, max=high) if isinstance(n, Tensor) else torch.sym_min(n, high)
 
 
 def pad_to_multiple(x: Tensor, multiple: Size2, channels_last: bool = False) -> Tensor:

@@ -231,6 +231,19 @@ class Windows(Grouping):
         return tokens.view(B, plan.size[0], plan.size[1], C)
 
 
+def window_bias(bias: Tensor, plan: WindowPlan | GraphWindowPlan, batch: int, dtype: torch.dtype) -> Tensor:
+    """The additive bias of every window's attention: the (heads, N, N) relative-position `bias` plus the plan's
+    mask, window w of every image getting mask w: (batch * num_windows, heads, N, N), or (1, heads, N, N)
+    without a mask. Summed in the bias's dtype, then cast to `dtype`. (Swin's and DAT's window attention.)"""
+    if isinstance(plan, GraphWindowPlan):  # the mask at (batch * num_windows, N, N) already (batch_mask)
+        return (bias.unsqueeze(0) + plan.batch_mask(batch).unsqueeze(1)).to(dtype)
+    if plan.mask is None:
+        return bias.unsqueeze(0).to(dtype)
+    # Combine at (num_windows, heads, N, N), then repeat per image.
+    bias = (bias.unsqueeze(0) + plan.mask.unsqueeze(1)).to(dtype)
+    return bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).flatten(0, 1)
+
+
 class WindowAttention(AttentionLayer):
     """Window multi-head self-attention, W-MSA, or shifted W-MSA with `shift_size` > 0 (Swin eq. 4).
 
@@ -278,14 +291,7 @@ class WindowAttention(AttentionLayer):
 
         # index_select, not table[index]: the same gather, several times faster on CPU.
         bias = self.relative_position_bias_table.index_select(0, plan.index).view(N, N, -1).permute(2, 0, 1)
-        if isinstance(plan, GraphWindowPlan):  # the mask at (B * num_windows, N, N) already (batch_mask)
-            bias = (bias.unsqueeze(0) + plan.batch_mask(B).unsqueeze(1)).to(q.dtype)
-        elif plan.mask is None:
-            bias = bias.unsqueeze(0).to(q.dtype)
-        else:
-            # Window w of every image gets mask w: combine at (num_windows, heads, N, N) and repeat per image.
-            bias = (bias.unsqueeze(0) + plan.mask.unsqueeze(1)).to(q.dtype)
-            bias = bias.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(-1, self.num_heads, N, N)
+        bias = window_bias(bias, plan, B, q.dtype)
         dropout_p = self.attn_drop if self.training else 0.0
         out = attend(q, k, v, bias=bias, dropout_p=dropout_p, store=self.attention_store)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(-1, N, C)))
