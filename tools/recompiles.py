@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 SIZES = [(64, 64), (80, 96), (128, 72), (96, 160)]  # no stage map of side 1 at stride 32 (torch specialises 1)
 
@@ -49,7 +50,7 @@ def measure(name: str) -> dict:
 
 
 def representatives() -> list[str]:
-    sys.path.insert(0, ".")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, from any directory
     from tests.export.test_export import NAMES
 
     import vitlab.registry
